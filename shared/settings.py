@@ -1,0 +1,103 @@
+"""Settings every service shares (env prefix `PIER_`). Each service subclasses `CommonSettings` once."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import PierConfig, build_config, read_config_file
+from shared.endpoints import SECRETS_DIR
+from shared.profiles import load_profiles
+
+DEFAULT_DMR_URL = "http://model-runner.docker.internal"
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class CommonSettings(BaseSettings):
+    """What all three services read. Built once in `__main__` with `Settings.load()` and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="PIER_", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://localhost:6379/0"
+    config_file: Path | None = None
+    host: str = "0.0.0.0"
+    # The single endpoint used when the config file lists none. Unset: the health worker probes the
+    # usual DMR addresses (model-runner.docker.internal first) and adopts the first that answers.
+    dmr_url: str | None = None
+    profiles_dir: Path | None = None
+    load_balancer: str | None = None
+    routing_strategy: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+    instance_id: str = Field(default_factory=_default_instance_id)
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Build from the environment; Docker/Swarm secrets in /run/secrets are read when present."""
+        if SECRETS_DIR.is_dir():
+            overrides.setdefault("_secrets_dir", SECRETS_DIR)
+        return cls(**overrides)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("dmr_url")
+    @classmethod
+    def _dmr_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("must be debug, info, warning or error")
+        return value.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.lower() not in ("text", "json"):
+            raise ValueError("must be text or json")
+        return value.lower()
+
+    def pier_config(self) -> PierConfig:
+        """Read and resolve the config file (if any); `PIER_DMR_URL` fills in when it lists no endpoint."""
+        profiles = load_profiles(self.profiles_dir)
+        data = read_config_file(self.config_file) if self.config_file is not None else {}
+        source = str(self.config_file) if self.config_file else "environment"
+        if self.dmr_url is not None and not _lists_endpoints(data):
+            data = {**data, "endpoints": [{"url": self.dmr_url, "name": "dmr", "type": "docker-model-runner"}]}
+            source = "PIER_DMR_URL"
+        return build_config(
+            data,
+            profiles,
+            load_balancer=self.load_balancer,
+            routing_strategy=self.routing_strategy,
+            source=source,
+        )
+
+
+def _lists_endpoints(data: dict[str, Any]) -> bool:
+    if data.get("endpoints"):
+        return True
+    discovery = data.get("discovery")
+    static = discovery.get("static") if isinstance(discovery, dict) else None
+    return isinstance(static, dict) and bool(static.get("endpoints"))

@@ -1,0 +1,39 @@
+"""Service start-up: bad configuration ends the process with exit code 2 and one line, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from pydantic import ValidationError
+
+from shared.errors import ConfigError
+
+T = TypeVar("T")
+
+EXIT_CONFIG = 2
+
+
+def config_error_line(exc: ConfigError | ValidationError, env_prefix: str = "PIER_") -> str:
+    """One line naming the key and the value, for either error kind."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    err = exc.errors()[0]
+    key = env_prefix + "_".join(str(p) for p in err["loc"]).upper()
+    value = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    return str(ConfigError(key, value, msg))
+
+
+def fail(line: str) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def load_or_exit(build: Callable[[], T]) -> T:
+    """Run `build` (settings + config); on a configuration error print one line and exit 2."""
+    try:
+        return build()
+    except (ConfigError, ValidationError) as exc:
+        fail(config_error_line(exc))

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -38,9 +38,11 @@ class Timeout(AssertionError):
     """A condition did not become true before its deadline."""
 
 
-async def wait_for(
-    check: Callable[[], Awaitable[T | None] | T | None], *, timeout_s: float = 10.0, what: str = "condition"
-) -> T:
+@overload
+async def wait_for(check: Callable[[], Awaitable[T]], *, timeout_s: float = 10.0, what: str = "condition") -> T: ...
+@overload
+async def wait_for(check: Callable[[], T], *, timeout_s: float = 10.0, what: str = "condition") -> T: ...
+async def wait_for(check: Callable[[], object], *, timeout_s: float = 10.0, what: str = "condition") -> object:
     """Poll `check` until it returns a truthy value (returned) or the deadline passes (Timeout).
 
     Polling is the observable-condition wait: the short pause between polls orders nothing.

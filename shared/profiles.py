@@ -53,6 +53,8 @@ class Profile(BaseModel):
     engines_path: str | None = None
     version_path: str | None = None
     engine_paths: bool = False
+    # DMR (v1.0.15+) loads a model and answers 200 with no body for a request carrying `X-Preload-Only: true`.
+    preload_only_header: bool = False
     anthropic: AnthropicSupport = AnthropicSupport()
     timeouts: ProfileTimeouts = ProfileTimeouts()
     concurrency: ProfileConcurrency = ProfileConcurrency()

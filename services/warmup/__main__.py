@@ -1,0 +1,31 @@
+"""`python -m services.warmup` runs the warm-up worker; `--check` is the container healthcheck."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from services.warmup.settings import WarmupSettings
+from services.warmup.worker import SERVICE, WarmupWorker
+from shared.lifecycle import install_uvloop, run_worker
+from shared.liveness import check
+from shared.logs import setup_logging
+from shared.startup import load_or_exit
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.warmup", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="exit 0 when this container's worker is alive")
+    args = parser.parse_args()
+    settings = load_or_exit(WarmupSettings.load)
+    if args.check:
+        return check(settings.redis_url, SERVICE, settings.warmup_id_file, settings.heartbeat_ttl)
+    config = load_or_exit(settings.pier_config)
+    setup_logging(SERVICE, settings.log_level, settings.log_format)
+    install_uvloop()
+    asyncio.run(run_worker(WarmupWorker(settings, config)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""The inference routes' shared path: engine, body, model checks, lazy load, and the OpenAI handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from tests.emulator import content
+from tests.emulator.catalog import PulledModel
+from tests.emulator.config import VALID_ENGINES
+from tests.emulator.errors import DmrError, model_not_found
+from tests.emulator.keys import EMULATOR, RECORD
+from tests.emulator.runners import LoadAborted, Runner
+from tests.emulator.state import Emulator
+from tests.emulator.streaming import ClientGone, Dropped, EventStream
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+FINGERPRINT = "b6500-emulator"
+_FORMAT_ENGINE = {"gguf": "llama.cpp", "safetensors": "vllm", "dduf": "diffusers"}
+
+
+@dataclass
+class Inference:
+    """A validated inference request, ready to be served by a loaded runner."""
+
+    emulator: Emulator
+    body: dict[str, Any]
+    model: PulledModel
+    requested: str
+    backend: str
+
+    @property
+    def config_name(self) -> str:
+        return self.emulator.config.name
+
+
+async def parse(request: web.Request) -> Inference:
+    """Check what DMR checks, in DMR's order; raises DmrError with DMR's status and text."""
+    em = request.app[EMULATOR]
+    engine = request.match_info.get("engine")
+    if engine is not None and engine not in VALID_ENGINES:
+        raise DmrError(404, "backend not found")
+    raw = await request.read()
+    if len(raw) > MAX_BODY_BYTES:
+        raise DmrError(400, "request too large")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise DmrError(400, "invalid request") from None
+    if not isinstance(body, dict):
+        raise DmrError(400, "invalid request")
+    requested = body.get("model")
+    if not isinstance(requested, str) or not requested:
+        raise DmrError(400, "model is required")
+    model = em.catalog.get(requested)
+    if model is None:
+        raise model_not_found(requested)
+    backend = engine or _FORMAT_ENGINE.get(model.info.format, "llama.cpp")
+    if backend not in em.config.engines:
+        hint = f"run: docker model install-runner --backend {backend}"
+        raise DmrError(412, f'backend "{backend}" is not installed; {hint}')
+    em.counters["inference_requests"] += 1
+    return Inference(em, body, model, requested, backend)
+
+
+@asynccontextmanager
+async def runner_for(request: web.Request, inf: Inference, mode: str) -> AsyncIterator[Runner]:
+    """Acquire (lazily loading) the runner, apply the first-byte delay, and release it afterwards."""
+    record = request.get(RECORD)
+    saw_loading = False
+
+    def on_loading() -> None:
+        nonlocal saw_loading
+        saw_loading = True
+
+    try:
+        runner = await inf.emulator.runners.acquire((inf.backend, inf.model.tag, mode), inf.requested, on_loading)
+    except asyncio.CancelledError:
+        if record is not None and saw_loading:
+            record.disconnected_during_load = True
+        raise
+    except LoadAborted as exc:
+        raise DmrError(500, f"unable to load runner: {exc}") from None
+    try:
+        runner.requests += 1
+        delay_s = inf.emulator.config.first_byte_delay_ms / 1000.0
+        if delay_s > 0 and request.headers.get("X-Preload-Only") != "true":
+            await asyncio.sleep(delay_s)
+        yield runner
+    finally:
+        await inf.emulator.runners.release(runner)
+
+
+def int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def preload_only(request: web.Request) -> bool:
+    return request.headers.get("X-Preload-Only") == "true"
+
+
+async def chat_or_completion(request: web.Request) -> web.StreamResponse:
+    """POST .../v1/chat/completions and .../v1/completions."""
+    inf = await parse(request)
+    chat = request.path.endswith("/chat/completions")
+    async with runner_for(request, inf, "completion") as runner:
+        if preload_only(request):
+            return web.Response(status=200)
+        prompt = inf.body.get("messages") if chat else inf.body.get("prompt")
+        prompt_tokens = content.count_tokens(prompt)
+        max_tokens = inf.body.get("max_tokens", inf.body.get("max_completion_tokens"))
+        pieces, finish = content.reply_pieces(
+            inf.config_name, inf.requested, inf.emulator.config.chunks, int_or_none(max_tokens)
+        )
+        runner.prompt_tokens += prompt_tokens
+        runner.predicted_tokens += len(pieces)
+        base = {
+            "id": content.new_id("chatcmpl-" if chat else "cmpl-"),
+            "created": int(time.time()),
+            "model": inf.requested,
+            "system_fingerprint": FINGERPRINT,
+        }
+        if inf.body.get("stream") is True:
+            opts = inf.body.get("stream_options")
+            include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+            return await _stream(request, inf, base, chat, pieces, finish, prompt_tokens, include_usage)
+        text = "".join(pieces)
+        if chat:
+            choice: dict[str, Any] = {
+                "finish_reason": finish,
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+            }
+        else:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+        return content.json_response(
+            {
+                "choices": [choice],
+                **base,
+                "object": "chat.completion" if chat else "text_completion",
+                "usage": content.usage(prompt_tokens, len(pieces)),
+                "timings": content.timings(prompt_tokens, len(pieces)),
+            }
+        )
+
+
+async def _stream(
+    request: web.Request,
+    inf: Inference,
+    base: dict[str, Any],
+    chat: bool,
+    pieces: list[str],
+    finish: str,
+    prompt_tokens: int,
+    include_usage: bool,
+) -> web.StreamResponse:
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    stream = EventStream(request, inf.emulator.config.chunk_interval_ms / 1000.0)
+
+    def chunk(delta: dict[str, Any] | str | None, finish_reason: str | None) -> dict[str, Any]:
+        if chat:
+            choice: dict[str, Any] = {"finish_reason": finish_reason, "index": 0, "delta": delta or {}}
+        else:
+            choice = {"text": delta or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        return {"choices": [choice], **base, "object": obj}
+
+    try:
+        await stream.start()
+        if chat:
+            await stream.send_json(chunk({"role": "assistant", "content": None}, None))
+        for piece in pieces:
+            await stream.send_json(chunk({"content": piece} if chat else piece, None))
+        last = chunk({} if chat else "", finish) | {"timings": content.timings(prompt_tokens, len(pieces))}
+        await stream.send_json(last)
+        if include_usage:
+            usage = content.usage(prompt_tokens, len(pieces))
+            await stream.send_json({"choices": [], **base, "object": obj, "usage": usage})
+        await stream.send("[DONE]")
+        response = await stream.finish()
+    except Dropped:
+        inf.emulator.counters["streams_aborted"] += 1
+        return stream.response
+    except ClientGone:
+        mark_disconnected(request, inf.emulator)
+        return stream.response
+    inf.emulator.counters["streams_completed"] += 1
+    return response
+
+
+def mark_disconnected(request: web.Request, em: Emulator) -> None:
+    record = request.get(RECORD)
+    if record is not None and not record.disconnected:
+        record.disconnected = True
+        em.counters["disconnects"] += 1
+    em.counters["streams_aborted"] += 1
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    """POST .../v1/embeddings: one deterministic unit vector per input."""
+    inf = await parse(request)
+    raw_input = inf.body.get("input")
+    if raw_input is None:
+        raise DmrError(400, "input is required")
+    # A list of strings is a batch; a single string or one token array is a single input.
+    batch = isinstance(raw_input, list) and raw_input and not isinstance(raw_input[0], int)
+    inputs = raw_input if batch else [raw_input]
+    async with runner_for(request, inf, "embedding") as runner:
+        if preload_only(request):
+            return web.Response(status=200)
+        tokens = content.count_tokens(inputs)
+        runner.prompt_tokens += tokens
+        data = [
+            {"embedding": content.embedding(json.dumps(item)), "index": i, "object": "embedding"}
+            for i, item in enumerate(inputs)
+        ]
+        return content.json_response(
+            {
+                "model": inf.requested,
+                "object": "list",
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "data": data,
+            }
+        )

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
 from shared import statestore
 
 
@@ -21,7 +23,7 @@ async def _heartbeat_fresh(redis_url: str, service: str, instance_id: str, max_a
     redis = statestore.connect(redis_url, timeout_s=2.0)
     try:
         age = await asyncio.wait_for(statestore.heartbeat_age_s(redis, service, instance_id), timeout=3.0)
-    except (OSError, TimeoutError, ConnectionError) as exc:
+    except (OSError, TimeoutError, ConnectionError, RedisError) as exc:
         print(f"{service} --check: cannot read the heartbeat: {exc}")
         return False
     finally:

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from tests.emulator.state import Emulator
+    from tests.emulator.state import Emulator, RequestRecord
 
 EMULATOR: web.AppKey[Emulator] = web.AppKey("emulator")
 
-# Request-scoped values (plain string keys: aiohttp's request mapping).
-RECORD = "emulator.record"
-DROP_AFTER = "emulator.drop_after"
-SERVER_CLOSED = "emulator.server_closed"
+RECORD: web.RequestKey[RequestRecord] = web.RequestKey("emulator.record")
+DROP_AFTER: web.RequestKey[int] = web.RequestKey("emulator.drop_after")
+# Set when the emulator itself closed the connection (a fault), so it is not counted as a client disconnect.
+SERVER_CLOSED: web.RequestKey[bool] = web.RequestKey("emulator.server_closed")

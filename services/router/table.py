@@ -1,0 +1,334 @@
+"""The routing table: every endpoint as the router sees it now, with per-model tier lists precomputed.
+
+`build_table` is pure (no I/O). It runs on every state change, off the request path, so `routing.select`
+only walks short precomputed tuples: no per-request sorting, no per-request name normalisation of targets.
+A table is never mutated; the state cache swaps a new one in whole.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from shared.config import Endpoint, PierConfig
+from shared.endpoints import ModelFilter
+from shared.names import normalise_model
+from shared.profiles import Profile
+from shared.state import EndpointState, EndpointStatus
+
+_EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One endpoint as the router sees it right now."""
+
+    name: str
+    url: str  # base URL, no trailing slash
+    type: str  # profile name, e.g. "docker-model-runner"
+    priority: int
+    status: EndpointStatus  # UNKNOWN when its state is missing or expired
+    known: bool  # False: state missing/expired -> used only when nothing known is routable
+    source: str  # static | docker | auto
+    models: frozenset[str]  # normalised names it can serve (listed | pulled | loaded), model_filter applied
+    models_known: bool  # a listing (or the pulled inventory) ever succeeded
+    loaded: frozenset[str]  # loaded now (not loading)
+    engines: Mapping[str, str] | None  # /engines/status (None: unknown)
+    api_prefix: str  # "/engines/v1" for DMR, "/v1" for openai-compatible/ollama
+    engine_paths: bool  # /engines/{engine}/v1/... exists
+    anthropic_native: bool
+    anthropic_messages_path: str
+    headers: Mapping[str, str]  # configured headers + auth, added to every upstream request
+    max_concurrent: int  # 0 = unlimited (profile or endpoint override)
+    connect_timeout_s: float
+    response_header_timeout_s: float
+    request_timeout_s: float
+    state: EndpointState | None
+    # Additions beyond the interface (all defaulted so positional construction stays as specified).
+    model_filter: ModelFilter = field(default_factory=ModelFilter)
+    check_interval_s: float = 5.0
+    anthropic_count_tokens_path: str = "/anthropic/v1/messages/count_tokens"
+    local_down: bool = False  # the router marked it down itself (a failed connection), until the next report
+
+    @property
+    def routable(self) -> bool:
+        return self.known and self.status.routable
+
+    @property
+    def lazy_listing(self) -> bool:
+        """Its listing says nothing useful (never succeeded, or empty): it may still load a model on demand."""
+        return not self.models_known or not self.models
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """Targets of one priority and one health class (healthy or busy), sorted by name for stable rotation."""
+
+    priority: int
+    busy: bool
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """Everything `select` needs for one requested name (a normalised model or an alias)."""
+
+    known: tuple[Tier, ...]  # known routable targets serving it: healthy tiers (priority desc), then busy ones
+    unknown: tuple[Tier, ...]  # state missing/expired, last listing had it: the last resort
+    exists: bool  # some target (any status) lists it: the model is "known" for strict routing
+    upstream: Mapping[str, str]  # alias only: target name -> the real name to send that target
+    rewrite_to: str | None = None  # alias only: the name to send an endpoint that lists none of the real names
+    members: tuple[Target, ...] = ()  # every target serving it, any status, priority desc
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """Tiers for models no routable endpoint lists (optimistic routing, or before any listing succeeded)."""
+
+    lazy: tuple[Tier, ...] = ()  # known routable, listing unknown or empty (a DMR may list lazily)
+    rest: tuple[Tier, ...] = ()  # known routable, listing known and non-empty
+    unknown: tuple[Tier, ...] = ()  # state missing/expired and listing never known
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """Swapped whole on every state change; never mutated."""
+
+    targets: Mapping[str, Target]  # by endpoint name
+    by_model: Mapping[str, tuple[Target, ...]]  # normalised model -> targets serving it, priority desc
+    config: PierConfig
+    version: int  # increments on every rebuild
+    built_at: float
+    # Additions beyond the interface: the precomputed routes.
+    routes: Mapping[str, ModelRoute] = field(default_factory=dict)  # normalised model or alias -> route
+    fallback: Fallback = field(default_factory=Fallback)
+    listing_known: bool = False  # some target's listing ever succeeded (strict 404s need one)
+    model_names: tuple[str, ...] = ()  # sorted all_models(), for 404 bodies
+
+    def all_models(self) -> frozenset[str]:
+        return frozenset(self.by_model)
+
+    def ordered_targets(self) -> tuple[Target, ...]:
+        """Every target, priority desc then name (for status and listings)."""
+        return tuple(sorted(self.targets.values(), key=_rank))
+
+
+def _rank(target: Target) -> tuple[int, str]:
+    return (-target.priority, target.name)
+
+
+def _status(
+    state: EndpointState | None, name: str, now: float, local_down: Mapping[str, float]
+) -> tuple[EndpointStatus, bool, bool]:
+    """(status, known, locally down) for one endpoint."""
+    until = local_down.get(name)
+    if until is not None and now < until:
+        return EndpointStatus.OFFLINE, True, True
+    if state is None or state.expired(now):
+        return EndpointStatus.UNKNOWN, False, False
+    return state.status, True, False
+
+
+def _models(state: EndpointState | None, model_filter: ModelFilter) -> tuple[frozenset[str], bool, frozenset[str]]:
+    if state is None:
+        return frozenset(), False, frozenset()
+    names = frozenset(m for m in state.all_models() if m and model_filter.allows(m))
+    loaded = frozenset(m for m in state.loaded_names() if m in names)
+    return names, state.models_known or state.pulled_known, loaded
+
+
+def _engines(state: EndpointState | None) -> Mapping[str, str] | None:
+    if state is None or not state.engines:
+        return None
+    return MappingProxyType({k.lower(): v for k, v in state.engines.items()})
+
+
+def _configured_target(
+    endpoint: Endpoint, state: EndpointState | None, status: tuple[EndpointStatus, bool, bool]
+) -> Target:
+    models, models_known, loaded = _models(state, endpoint.config.model_filter)
+    profile = endpoint.profile
+    return Target(
+        name=endpoint.name,
+        url=endpoint.url.rstrip("/"),
+        type=endpoint.type,
+        priority=endpoint.priority,
+        status=status[0],
+        known=status[1],
+        source=endpoint.source,
+        models=models,
+        models_known=models_known,
+        loaded=loaded,
+        engines=_engines(state),
+        api_prefix=profile.api_prefix,
+        engine_paths=profile.engine_paths,
+        anthropic_native=profile.anthropic.native,
+        anthropic_messages_path=profile.anthropic.messages_path,
+        headers=MappingProxyType(dict(endpoint.headers)) if endpoint.headers else _EMPTY_HEADERS,
+        max_concurrent=endpoint.max_concurrent_requests,
+        connect_timeout_s=endpoint.connect_timeout_s,
+        response_header_timeout_s=endpoint.response_header_timeout_s,
+        request_timeout_s=endpoint.request_timeout_s,
+        state=state,
+        model_filter=endpoint.config.model_filter,
+        check_interval_s=endpoint.check_interval_s,
+        anthropic_count_tokens_path=profile.anthropic.count_tokens_path,
+        local_down=status[2],
+    )
+
+
+def _discovered_target(state: EndpointState, profile: Profile, status: tuple[EndpointStatus, bool, bool]) -> Target:
+    """An endpoint the health worker found (Docker, auto-detect): no config entry, so its profile decides."""
+    models, models_known, loaded = _models(state, ModelFilter())
+    return Target(
+        name=state.name,
+        url=state.url.rstrip("/"),
+        type=profile.name,
+        priority=state.priority,
+        status=status[0],
+        known=status[1],
+        source=state.source,
+        models=models,
+        models_known=models_known,
+        loaded=loaded,
+        engines=_engines(state),
+        api_prefix=profile.api_prefix,
+        engine_paths=profile.engine_paths,
+        anthropic_native=profile.anthropic.native,
+        anthropic_messages_path=profile.anthropic.messages_path,
+        headers=_EMPTY_HEADERS,
+        max_concurrent=profile.concurrency.max_concurrent_requests,
+        connect_timeout_s=profile.timeouts.connect,
+        response_header_timeout_s=profile.timeouts.response_header,
+        request_timeout_s=profile.timeouts.request,
+        state=state,
+        anthropic_count_tokens_path=profile.anthropic.count_tokens_path,
+        local_down=status[2],
+    )
+
+
+def _reuse(previous: RoutingTable | None, config: PierConfig, name: str, state: EndpointState | None) -> Target | None:
+    """The previous table's target when nothing it was built from changed (saves work on big tables)."""
+    if previous is None or previous.config is not config:
+        return None
+    old = previous.targets.get(name)
+    return old if old is not None and old.state is state else None
+
+
+def _tiers(targets: Iterable[Target]) -> tuple[Tier, ...]:
+    """Group known routable targets (already priority desc, name asc) into healthy tiers, then busy tiers."""
+    healthy: list[Target] = []
+    busy: list[Target] = []
+    for target in targets:
+        if target.routable:
+            (busy if target.status is EndpointStatus.BUSY else healthy).append(target)
+    return _group(healthy, busy=False) + _group(busy, busy=True)
+
+
+def _unknown_tiers(targets: Iterable[Target]) -> tuple[Tier, ...]:
+    return _group([t for t in targets if not t.known], busy=False)
+
+
+def _group(targets: list[Target], *, busy: bool) -> tuple[Tier, ...]:
+    tiers: list[Tier] = []
+    start = 0
+    for index in range(1, len(targets) + 1):
+        if index == len(targets) or targets[index].priority != targets[start].priority:
+            tiers.append(Tier(targets[start].priority, busy, tuple(targets[start:index])))
+            start = index
+    return tuple(tiers)
+
+
+def _route(members: tuple[Target, ...], upstream: Mapping[str, str], rewrite_to: str | None = None) -> ModelRoute:
+    return ModelRoute(
+        known=_tiers(members),
+        unknown=_unknown_tiers(members),
+        exists=bool(members),
+        upstream=upstream,
+        rewrite_to=rewrite_to,
+        members=members,
+    )
+
+
+def build_table(
+    config: PierConfig,
+    states: Mapping[str, EndpointState],
+    *,
+    now: float | None = None,
+    local_down: Mapping[str, float] | None = None,
+    version: int = 0,
+    previous: RoutingTable | None = None,
+) -> RoutingTable:
+    """Build the table from the config and the endpoint states (pure).
+
+    Configured endpoints come first; a state whose name is not in the config is a discovered endpoint and
+    is resolved with its type's profile (skipped when the type is unknown). `local_down` maps endpoint names
+    the router marked down itself to an until-time: OFFLINE before it (the state cache drops an entry as
+    soon as the health worker reports the endpoint again). Expired states make a target UNKNOWN (known=False)
+    but keep its last listing, so it can still be a last resort for the models it had.
+    """
+    now = time.time() if now is None else now
+    down = local_down or {}
+    targets: dict[str, Target] = {}
+    for endpoint in config.endpoints:
+        state = states.get(endpoint.name)
+        status = _status(state, endpoint.name, now, down)
+        old = _reuse(previous, config, endpoint.name, state)
+        if old is not None and (old.status, old.known, old.local_down) == status:
+            targets[endpoint.name] = old
+        else:
+            targets[endpoint.name] = _configured_target(endpoint, state, status)
+    for name, state in states.items():
+        if name in targets:
+            continue
+        profile = config.profiles.get(state.type)
+        if profile is None:
+            continue
+        status = _status(state, name, now, down)
+        old = _reuse(previous, config, name, state)
+        if old is not None and (old.status, old.known, old.local_down) == status:
+            targets[name] = old
+        else:
+            targets[name] = _discovered_target(state, profile, status)
+
+    ordered = sorted(targets.values(), key=_rank)
+    serving: dict[str, list[Target]] = {}
+    for target in ordered:
+        for model in target.models:
+            serving.setdefault(model, []).append(target)
+    by_model = {model: tuple(members) for model, members in serving.items()}
+    routes: dict[str, ModelRoute] = {model: _route(members, _EMPTY_HEADERS) for model, members in by_model.items()}
+    for alias, real_names in config.model_aliases.items():
+        routes[alias] = _alias_route(by_model, real_names)
+
+    live = [t for t in ordered if t.routable]
+    return RoutingTable(
+        targets=MappingProxyType(targets),
+        by_model=MappingProxyType(by_model),
+        config=config,
+        version=version,
+        built_at=now,
+        routes=MappingProxyType(routes),
+        fallback=Fallback(
+            lazy=_tiers(t for t in live if t.lazy_listing),
+            rest=_tiers(t for t in live if not t.lazy_listing),
+            unknown=_unknown_tiers(t for t in ordered if not t.models_known),
+        ),
+        listing_known=any(t.models_known for t in ordered),
+        model_names=tuple(sorted(by_model)),
+    )
+
+
+def _alias_route(by_model: Mapping[str, tuple[Target, ...]], real_names: tuple[str, ...]) -> ModelRoute:
+    """Targets serving any of the alias's real names; each is sent the first real name it has."""
+    upstream: dict[str, str] = {}
+    members: list[Target] = []
+    for real in real_names:
+        for target in by_model.get(normalise_model(real), ()):
+            if target.name not in upstream:
+                upstream[target.name] = real
+                members.append(target)
+    members.sort(key=_rank)
+    return _route(tuple(members), MappingProxyType(upstream), rewrite_to=real_names[0])

@@ -1,0 +1,37 @@
+"""`python -m services.health` runs the health worker; `--check` is the container healthcheck (exit 0/1)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from services.health.settings import HealthSettings
+from services.health.worker import SERVICE, HealthWorker
+from shared.config import PierConfig
+from shared.lifecycle import install_uvloop, run_worker
+from shared.liveness import check
+from shared.logs import setup_logging
+from shared.startup import load_or_exit
+
+
+async def _serve(settings: HealthSettings, config: PierConfig) -> None:
+    await run_worker(HealthWorker(settings, config=config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.health", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="exit 0 if this worker's heartbeat is fresh, else 1")
+    args = parser.parse_args(argv)
+    settings = load_or_exit(HealthSettings.load)
+    if args.check:
+        return check(settings.redis_url, SERVICE, settings.health_id_file, settings.heartbeat_ttl)
+    setup_logging(SERVICE, settings.log_level, settings.log_format)
+    config = load_or_exit(settings.pier_config)
+    install_uvloop()
+    asyncio.run(_serve(settings, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Turning what a probe saw into a status: pure functions, table-tested without I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+import aiohttp
+
+from shared.state import EndpointStatus
+
+T = TypeVar("T")
+
+# A route that answers one of these does not exist on this endpoint (an older DMR, another server kind).
+ABSENT_ROUTE_STATUSES = frozenset({404, 405, 501})
+
+
+def classify(http_status: int | None, *, body_ok: bool, latency_s: float, busy_threshold_s: float) -> EndpointStatus:
+    """The status one health-route probe implies.
+
+    `http_status` None means no answer (refused, reset, DNS failure, timeout): offline. 401/403 are a
+    configuration problem (wrong credentials), not an outage; 429 is rate limiting; a 2xx whose body is
+    not the route's shape is garbage (unhealthy); a good answer slower than the threshold is busy.
+    """
+    if http_status is None:
+        return EndpointStatus.OFFLINE
+    if http_status in (401, 403):
+        return EndpointStatus.CONFIG_ERROR
+    if http_status == 429:
+        return EndpointStatus.RATE_LIMITED
+    if not 200 <= http_status < 300 or not body_ok:
+        return EndpointStatus.UNHEALTHY
+    if latency_s > busy_threshold_s:
+        return EndpointStatus.BUSY
+    return EndpointStatus.HEALTHY
+
+
+def is_failure(status: EndpointStatus) -> bool:
+    """Statuses that count towards backoff. config_error and rate_limited have their own pacing."""
+    return status in (EndpointStatus.OFFLINE, EndpointStatus.UNHEALTHY)
+
+
+def describe_transport_error(exc: BaseException, timeout_s: float) -> str:
+    """A short, stable text for `last_error` (no addresses or object reprs that change every probe)."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return f"timeout after {timeout_s:g}s"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "DNS lookup failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, ConnectionRefusedError):
+            return "connection refused"
+        return f"cannot connect: {os_error.strerror or type(os_error).__name__}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "response cut short"
+    if isinstance(exc, aiohttp.ClientOSError):
+        if isinstance(exc.__cause__, ConnectionResetError) or exc.errno == 104:
+            return "connection reset"
+        return f"connection error: {exc.strerror or type(exc).__name__}"
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+AuxKind = Literal["ok", "absent", "failed", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Aux(Generic[T]):
+    """The outcome of one inventory route: a value, the route's absence, or nothing learnt this time."""
+
+    kind: AuxKind
+    value: T | None = None
+    error: str | None = None
+
+    @staticmethod
+    def skipped() -> Aux[T]:
+        return Aux("skipped")
+
+
+def aux_kind_for_status(http_status: int) -> AuxKind:
+    """An inventory route's HTTP status: 2xx read it, 404/405/501 the route is absent, else try again later."""
+    if 200 <= http_status < 300:
+        return "ok"
+    if http_status in ABSENT_ROUTE_STATUSES:
+        return "absent"
+    return "failed"

@@ -1,0 +1,172 @@
+"""One probe of one endpoint: the health route, then (when it answered) the inventory routes, concurrently.
+
+The health route decides the status (`classify`); the inventory routes only add what they know. A route an
+older DMR lacks (404) is "absent", which is not a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import aiohttp
+
+from services.health.backoff import parse_retry_after_s
+from services.health.classify import Aux, aux_kind_for_status, classify, describe_transport_error
+from services.health.inventory import (
+    InventoryError,
+    parse_engines,
+    parse_loaded,
+    parse_model_list,
+    parse_pulled,
+    parse_version,
+)
+from shared.config import Endpoint
+from shared.state import EndpointStatus, LoadedModel, PulledModel
+
+T = TypeVar("T")
+
+_ERROR_BODY_CHARS = 160
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What one probe learnt. Inventory fields are `Aux`: ok / absent / failed / skipped."""
+
+    status: EndpointStatus
+    latency_ms: float | None
+    error: str | None = None
+    retry_after_s: float | None = None
+    models: Aux[tuple[str, ...]] = field(default_factory=Aux.skipped)
+    pulled: Aux[tuple[PulledModel, ...]] = field(default_factory=Aux.skipped)
+    loaded: Aux[tuple[LoadedModel, ...]] = field(default_factory=Aux.skipped)
+    engines: Aux[dict[str, str]] = field(default_factory=Aux.skipped)
+    version: Aux[str | None] = field(default_factory=Aux.skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: bytes
+    retry_after: str | None
+
+
+def _error_text(answer: _Answer) -> str:
+    snippet = " ".join(answer.body[:_ERROR_BODY_CHARS].decode("utf-8", "replace").split())
+    return f"HTTP {answer.status}" + (f": {snippet}" if snippet else "")
+
+
+def _parse_json(body: bytes) -> object:
+    try:
+        return json.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InventoryError("not JSON") from exc
+
+
+def create_session() -> aiohttp.ClientSession:
+    """The one HTTP session for all probes: no connection cap (hundreds of endpoints), keep-alive reuse."""
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=True,
+        raise_for_status=False,
+        headers={"User-Agent": "pier-health/0.1"},
+    )
+
+
+class Prober:
+    """Probes endpoints through a shared session. Holds no per-endpoint state."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, busy_threshold_s: float) -> None:
+        self._session = session
+        self._busy_threshold_s = busy_threshold_s
+
+    async def _get(self, endpoint: Endpoint, path: str) -> _Answer:
+        async with self._session.get(
+            endpoint.url + path,
+            headers=endpoint.headers,
+            timeout=aiohttp.ClientTimeout(total=endpoint.check_timeout_s),
+            allow_redirects=False,
+        ) as resp:
+            body = await resp.read()
+            return _Answer(resp.status, body, resp.headers.get("Retry-After"))
+
+    async def probe(self, endpoint: Endpoint) -> ProbeResult:
+        """Probe once. Never raises for anything the endpoint does (only cancellation propagates)."""
+        started = time.monotonic()
+        try:
+            answer = await self._get(endpoint, endpoint.health_check_path)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return ProbeResult(EndpointStatus.OFFLINE, None, describe_transport_error(exc, endpoint.check_timeout_s))
+        latency_s = time.monotonic() - started
+        latency_ms = round(latency_s * 1000, 3)
+
+        lists_models = endpoint.health_check_path == endpoint.model_path
+        models: Aux[tuple[str, ...]] = Aux.skipped()
+        body_ok = True
+        error: str | None = None
+        if 200 <= answer.status < 300 and lists_models:
+            try:
+                models = Aux("ok", parse_model_list(_parse_json(answer.body)))
+            except InventoryError as exc:
+                body_ok, error = False, f"garbage from {endpoint.health_check_path}: {exc}"
+        status = classify(answer.status, body_ok=body_ok, latency_s=latency_s, busy_threshold_s=self._busy_threshold_s)
+        if status is EndpointStatus.RATE_LIMITED:
+            retry_after_s = parse_retry_after_s(answer.retry_after, time.time())
+            return ProbeResult(status, latency_ms, _error_text(answer), retry_after_s)
+        if status not in (EndpointStatus.HEALTHY, EndpointStatus.BUSY):
+            return ProbeResult(status, latency_ms, error or _error_text(answer))
+        return await self._with_inventory(endpoint, status, latency_ms, models, lists_models)
+
+    async def _with_inventory(
+        self,
+        endpoint: Endpoint,
+        status: EndpointStatus,
+        latency_ms: float,
+        models: Aux[tuple[str, ...]],
+        lists_models: bool,
+    ) -> ProbeResult:
+        profile = endpoint.profile
+        model_task = None if lists_models else self._aux(endpoint, endpoint.model_path, parse_model_list)
+        pulled, loaded, engines, version, listed = await asyncio.gather(
+            self._aux(endpoint, profile.inventory_path, parse_pulled),
+            self._aux(endpoint, profile.loaded_path, parse_loaded),
+            self._aux(endpoint, profile.engines_path, parse_engines),
+            self._aux(endpoint, profile.version_path, parse_version),
+            model_task if model_task is not None else _skipped(),
+        )
+        return ProbeResult(
+            status,
+            latency_ms,
+            None,
+            None,
+            models if lists_models else listed,
+            pulled,
+            loaded,
+            engines,
+            version,
+        )
+
+    async def _aux(self, endpoint: Endpoint, path: str | None, parse: Callable[[object], T]) -> Aux[T]:
+        if path is None:
+            return Aux("absent")
+        try:
+            answer = await self._get(endpoint, path)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return Aux("failed", error=f"{path}: {describe_transport_error(exc, endpoint.check_timeout_s)}")
+        kind = aux_kind_for_status(answer.status)
+        if kind != "ok":
+            return Aux(kind, error=f"{path}: {_error_text(answer)}")
+        try:
+            return Aux("ok", parse(_parse_json(answer.body)))
+        except InventoryError as exc:
+            return Aux("failed", error=f"{path}: garbage: {exc}")
+
+
+async def _skipped() -> Aux[tuple[str, ...]]:
+    return Aux.skipped()

@@ -1,0 +1,64 @@
+"""The health worker's settings: `CommonSettings` plus probing, lease, discovery and zero-config knobs.
+
+Every field reads the environment variable `PIER_<FIELD NAME>`; durations accept `500ms`, `10s`, `5m`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from shared.durations import Seconds
+from shared.settings import CommonSettings
+
+DEFAULT_ID_FILE = Path("/tmp/pier-health.id")
+
+
+class HealthSettings(CommonSettings):
+    """Settings of `python -m services.health`. Built once in `__main__`, passed down."""
+
+    # PIER_BUSY_THRESHOLD: a probe that answers slower than this marks the endpoint `busy` (seconds).
+    busy_threshold: Seconds = Field(default=10.0, gt=0)
+    # PIER_LEASE_TTL: the leader lease lives this long without renewal; a standby takes over within 2x this.
+    lease_ttl: Seconds = Field(default=5.0, ge=1.0)
+    # PIER_HEARTBEAT_TTL: `--check` fails once this worker has not beaten for this long (beats every second).
+    heartbeat_ttl: Seconds = Field(default=5.0, ge=2.0)
+    # PIER_HEALTH_ID_FILE: where the running worker records its instance id, so that `--check` (a separate
+    # process in the same container) knows whose heartbeat to look at.
+    health_id_file: Path = DEFAULT_ID_FILE
+    # PIER_DOCKER_DISCOVERY: auto = use the Docker socket when it answers; on = insist (retry, warn); off.
+    docker_discovery: Literal["auto", "on", "off"] = "auto"
+    # PIER_DOCKER_HOST: Docker API address (e.g. unix:///var/run/docker.sock); unset = DOCKER_HOST or the socket.
+    docker_host: str | None = None
+    # PIER_DISCOVERY_RESYNC_INTERVAL: full resync of discovered containers, on top of following events (seconds).
+    discovery_resync_interval: Seconds = Field(default=30.0, ge=1.0)
+    # PIER_AUTODETECT_CANDIDATES: comma-separated base URLs tried, in order, when no endpoint is configured.
+    # Unset = the usual DMR addresses (see services.health.autodetect.default_candidates).
+    autodetect_candidates: Annotated[tuple[str, ...], NoDecode] = ()
+    # PIER_AUTODETECT_TIMEOUT: how long each zero-config candidate may take to answer (seconds).
+    autodetect_timeout: Seconds = Field(default=2.0, gt=0)
+    # PIER_MAX_BACKOFF: the longest wait between probes of a failing endpoint (seconds).
+    max_backoff: Seconds = Field(default=60.0, ge=1.0)
+
+    @field_validator("autodetect_candidates", mode="before")
+    @classmethod
+    def _split_candidates(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("autodetect_candidates")
+    @classmethod
+    def _valid_candidates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("docker_discovery", mode="before")
+    @classmethod
+    def _lower_mode(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value

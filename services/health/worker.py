@@ -1,0 +1,386 @@
+"""The health worker: holds the lease, probes every endpoint on its own timer, publishes state and events.
+
+Shape: `HealthWorker(settings, *, redis=None)`, `await run()`, `stop()`, `await close()`, `await run_once()`.
+Every worker beats a heartbeat; only the lease holder probes. Leading is one task (`_lead`) that owns the
+scheduler, the signal follower and Docker discovery; losing the lease or stopping cancels it whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import aiohttp
+from opentelemetry import trace
+from redis.exceptions import RedisError
+
+from services.health import autodetect
+from services.health.discovery import DockerUnavailable, DockerWatcher, watch
+from services.health.labels import Discovery, merge_endpoints
+from services.health.lease import Lease
+from services.health.probe import Prober, create_session
+from services.health.publisher import Publisher
+from services.health.scheduler import Scheduler
+from services.health.settings import HealthSettings
+from services.health.signals import follow_signals
+from services.health.tracker import next_state
+from shared import keys, statestore
+from shared.config import Endpoint, PierConfig
+from shared.liveness import record_instance_id
+from shared.state import EndpointState, Event, EventKind
+from shared.statestore import RedisClient
+
+log = logging.getLogger(__name__)
+
+SERVICE = "health"
+HEARTBEAT_PERIOD_S = 1.0
+_CLOSE_REDIS_TIMEOUT_S = 1.5
+_DISCOVERY_FIRST_SYNC_S = 5.0
+
+
+class HealthWorker:
+    """Probes DMR endpoints and publishes their state (see the module docstring)."""
+
+    def __init__(
+        self, settings: HealthSettings, *, redis: RedisClient | None = None, config: PierConfig | None = None
+    ) -> None:
+        self.settings = settings
+        self.config = config if config is not None else settings.pier_config()
+        self.instance_id = settings.instance_id
+        self._redis = redis if redis is not None else statestore.connect(settings.redis_url)
+        self._owns_redis = redis is None
+        self._publisher = Publisher(self._redis, writer=self.instance_id)
+        self._lease = Lease(self._redis, keys.HEALTH_LEASE, self.instance_id, ttl_s=settings.lease_ttl)
+        self._tracer = trace.get_tracer("pier.health")
+        self._session: aiohttp.ClientSession | None = None
+        self._prober: Prober | None = None
+        self._states: dict[str, EndpointState] = {}
+        self._discovered: tuple[Endpoint, ...] = ()
+        self._auto: tuple[Endpoint, ...] = ()
+        self._docker: DockerWatcher | None = None
+        self._docker_unavailable = False  # PIER_DOCKER_DISCOVERY=auto found no Docker API at start
+        self._scheduler: Scheduler | None = None
+        self._lead_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._table_lock = asyncio.Lock()
+        self._closed = False
+
+    # ---- public surface -------------------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self._lead_task is not None and not self._lead_task.done()
+
+    async def run(self) -> None:
+        """Beat, compete for the lease, and lead while holding it; returns after `stop()`."""
+        self._write_id_file()
+        log.info(
+            "health worker %s: %d configured endpoint(s) (%s), lease %gs",
+            self.instance_id,
+            len(self.config.endpoints),
+            self.config.source,
+            self.settings.lease_ttl,
+        )
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._lease_loop(), name="lease"),
+        ]
+        stop_wait = asyncio.create_task(self._stopping.wait(), name="stop-wait")
+        try:
+            done, _ = await asyncio.wait([*background, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*background, stop_wait):
+                task.cancel()
+            await asyncio.gather(*background, stop_wait, return_exceptions=True)
+        for task in done:
+            if task is not stop_wait and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    def stop(self) -> None:
+        """Ask `run()` to return (signal handlers call this)."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Cancel in-flight probes, release the lease, drop the heartbeat, close clients. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        await self._stop_leading()
+        try:
+            async with asyncio.timeout(_CLOSE_REDIS_TIMEOUT_S):
+                if await self._lease.release():
+                    log.info("released the lease")
+                await self._redis.delete(keys.heartbeat(SERVICE, self.instance_id))
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not release the lease or heartbeat: %s", exc)
+        self._remove_id_file()
+        if self._docker is not None:
+            self._docker.close()
+        if self._session is not None:
+            await self._session.close()
+        if self._owns_redis:
+            await self._redis.aclose()
+
+    async def run_once(self) -> list[EndpointState]:
+        """Probe every endpoint once and publish, without lease or timers (tests, one-shot use)."""
+        self._ensure_prober()
+        await self._load_baseline()
+        await self._first_discovery()
+        if not self.config.endpoints and not self._auto:
+            await self._autodetect_once()
+        endpoints = self._table()
+        await asyncio.gather(*(self._tick(e) for e in endpoints))
+        return [self._states[e.name] for e in endpoints if e.name in self._states]
+
+    # ---- probing --------------------------------------------------------------------------------------
+
+    def _ensure_prober(self) -> Prober:
+        if self._prober is None:
+            self._session = create_session()
+            self._prober = Prober(self._session, busy_threshold_s=self.settings.busy_threshold)
+        return self._prober
+
+    async def _tick(self, endpoint: Endpoint) -> float:
+        """Probe one endpoint, publish its state and events; return the wait before its next probe."""
+        prober = self._ensure_prober()
+        attributes = {"pier.endpoint.name": endpoint.name, "url.full": endpoint.url + endpoint.health_check_path}
+        with self._tracer.start_as_current_span(
+            "health probe", kind=trace.SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            result = await prober.probe(endpoint)
+            decision = next_state(
+                endpoint,
+                self._states.get(endpoint.name),
+                result,
+                now=time.time(),
+                writer=self.instance_id,
+                max_backoff_s=self.settings.max_backoff,
+            )
+            self._states[endpoint.name] = decision.state
+            span.set_attribute("pier.endpoint.status", decision.state.status.value)
+            try:
+                events = await self._publisher.publish(decision.state)
+            except (RedisError, OSError) as exc:
+                log.warning("could not publish state of %s: %s", endpoint.name, exc)
+                return decision.next_delay_s
+        for event in events:
+            _log_event(event)
+        return decision.next_delay_s
+
+    # ---- heartbeat and lease --------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        failing = False
+        while not self._stopping.is_set():
+            try:
+                await statestore.beat(self._redis, SERVICE, self.instance_id, ttl_s=self.settings.heartbeat_ttl)
+                if failing:
+                    log.info("heartbeat restored")
+                failing = False
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    log.warning("heartbeat failed: %s", exc)
+                failing = True
+            await self._pause(HEARTBEAT_PERIOD_S)
+
+    async def _lease_loop(self) -> None:
+        period_s = self.settings.lease_ttl / 3
+        last_held = time.monotonic()
+        while not self._stopping.is_set():
+            self._check_lead_task()
+            try:
+                if self.leading:
+                    if await self._lease.renew():
+                        last_held = time.monotonic()
+                    else:
+                        log.warning("lost the lease to %s; standing by", await self._lease.holder())
+                        await self._stop_leading()
+                elif await self._lease.acquire():
+                    last_held = time.monotonic()
+                    log.info("acquired the lease: leading")
+                    self._lead_task = asyncio.create_task(self._lead(), name="lead")
+            except (RedisError, OSError) as exc:
+                log.warning("lease check failed: %s", exc)
+                if self.leading and time.monotonic() - last_held > self.settings.lease_ttl:
+                    log.warning("lease expired while Redis was unreachable; standing by")
+                    await self._stop_leading()
+            await self._pause(period_s)
+
+    def _check_lead_task(self) -> None:
+        """A lead task that ended by itself: Redis trouble means step down and retry; anything else surfaces."""
+        task = self._lead_task
+        if task is None or not task.done() or task.cancelled():
+            return
+        self._lead_task = None
+        exc = task.exception()
+        if isinstance(exc, RedisError | OSError):
+            log.warning("leading stopped on a Redis error (%s); will retry", exc)
+            return
+        if exc is not None:
+            raise exc
+
+    async def _stop_leading(self) -> None:
+        task, self._lead_task = self._lead_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    # ---- leading --------------------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        """Everything the leader does, until cancelled: probe on timers, follow signals and Docker."""
+        scheduler = Scheduler(self._tick)
+        self._scheduler = scheduler
+        try:
+            await self._load_baseline()
+            await self._first_discovery()
+            if not self.config.endpoints and not self._auto:
+                await self._autodetect_once()
+            await self._apply_table(prune=True)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(follow_signals(self._redis, scheduler.poke), name="signals")
+                if self._docker is not None:
+                    group.create_task(self._watch_docker(self._docker), name="docker")
+                if not self.config.endpoints and not self._auto:
+                    group.create_task(self._autodetect_loop(), name="autodetect")
+        finally:
+            self._scheduler = None
+            await scheduler.close()
+
+    async def _load_baseline(self) -> None:
+        """Start from the state in Redis: backoff and change detection continue across a failover."""
+        await self._publisher.load_baseline()
+        known = (self._publisher.last(name) for name in self._publisher.known_names())
+        self._states = {state.name: state for state in known if state is not None}
+
+    def _table(self) -> tuple[Endpoint, ...]:
+        endpoints, clashes = merge_endpoints(self.config.endpoints, self._discovered, self._auto)
+        for clash in clashes:
+            log.warning("%s", clash)
+        return endpoints
+
+    async def _apply_table(self, *, prune: bool = False) -> None:
+        """Swap the scheduler's endpoint table for the current one; remove the state of endpoints gone."""
+        async with self._table_lock:
+            scheduler = self._scheduler
+            if scheduler is None:
+                return
+            table = self._table()
+            change = await scheduler.update(table)
+            gone = set(change.removed)
+            if prune:
+                gone |= self._publisher.known_names() - {e.name for e in table}
+            for name in sorted(gone):
+                self._states.pop(name, None)
+                try:
+                    if await self._publisher.remove(name, reason="endpoint gone") is not None:
+                        log.info("endpoint %s removed", name)
+                except (RedisError, OSError) as exc:
+                    log.warning("could not remove state of %s: %s", name, exc)
+            if change.added or change.changed:
+                log.info("probing %d endpoint(s); new: %s", len(table), ", ".join((*change.added, *change.changed)))
+
+    # ---- discovery and zero-config --------------------------------------------------------------------
+
+    async def _first_discovery(self) -> None:
+        """Decide whether Docker discovery runs, and take its first snapshot (before pruning old state)."""
+        mode = self.settings.docker_discovery
+        if mode == "off" or self._docker_unavailable:
+            return
+        if self._docker is None:
+            watcher = DockerWatcher(docker_host=self.settings.docker_host, profiles=self.config.profiles)
+            try:
+                async with asyncio.timeout(_DISCOVERY_FIRST_SYNC_S):
+                    await watcher.connect()
+            except (DockerUnavailable, TimeoutError) as exc:
+                watcher.close()
+                if mode == "auto":
+                    log.info("Docker discovery off: the Docker API is not reachable (%s)", exc or "timeout")
+                    self._docker_unavailable = True
+                    return
+                log.warning("Docker discovery: the Docker API is not reachable yet (%s); will retry", exc)
+                self._docker = watcher
+                return
+            self._docker = watcher
+            log.info("Docker discovery on")
+        with contextlib.suppress(DockerUnavailable, TimeoutError):
+            async with asyncio.timeout(_DISCOVERY_FIRST_SYNC_S):
+                self._set_discovered(await self._docker.discover())
+
+    def _set_discovered(self, discovery: Discovery) -> None:
+        for problem in discovery.problems:
+            log.warning("Docker discovery: %s", problem)
+        self._discovered = discovery.endpoints
+
+    async def _watch_docker(self, watcher: DockerWatcher) -> None:
+        async def apply(discovery: Discovery) -> None:
+            if discovery.endpoints != self._discovered or discovery.problems:
+                self._set_discovered(discovery)
+                await self._apply_table()
+
+        await watch(watcher, apply, resync_interval_s=self.settings.discovery_resync_interval)
+
+    def _candidates(self) -> tuple[str, ...]:
+        if self.settings.autodetect_candidates:
+            return self.settings.autodetect_candidates
+        gateway = None
+        # The bridge gateway is DMR's address only from inside a container; on a host it is the LAN router.
+        if Path("/.dockerenv").exists():
+            with contextlib.suppress(OSError):
+                gateway = autodetect.default_gateway(Path("/proc/net/route").read_text())
+        return autodetect.default_candidates(gateway=gateway)
+
+    async def _autodetect_once(self) -> bool:
+        if any(e.type == "docker-model-runner" for e in self._discovered):
+            return False  # Docker discovery found DMR itself
+        candidates = self._candidates()
+        url = await autodetect.detect(
+            self._ensure_prober_session(), candidates, timeout_s=self.settings.autodetect_timeout
+        )
+        if url is None:
+            log.warning("no endpoint configured and no DMR answered at %s", ", ".join(candidates))
+            return False
+        log.info("no endpoint configured: adopted DMR at %s (tried %s)", url, ", ".join(candidates))
+        self._auto = (autodetect.auto_endpoint(url, self.config.profiles),)
+        return True
+
+    async def _autodetect_loop(self) -> None:
+        while not self._auto:
+            await asyncio.sleep(self.settings.discovery_resync_interval)
+            if await self._autodetect_once():
+                await self._apply_table()
+
+    def _ensure_prober_session(self) -> aiohttp.ClientSession:
+        self._ensure_prober()
+        assert self._session is not None
+        return self._session
+
+    # ---- the id file for --check ----------------------------------------------------------------------
+
+    def _write_id_file(self) -> None:
+        record_instance_id(self.settings.health_id_file, self.instance_id)
+
+    def _remove_id_file(self) -> None:
+        path = self.settings.health_id_file
+        with contextlib.suppress(OSError):
+            if path.read_text(encoding="utf-8").strip() == self.instance_id:
+                path.unlink()
+
+
+def _log_event(event: Event) -> None:
+    state = event.state
+    if event.kind is EventKind.STATUS_CHANGED and state is not None:
+        error = f" ({state.last_error})" if state.last_error else ""
+        log.info("%s: %s -> %s%s", event.endpoint, event.detail.get("previous"), state.status.value, error)
+    else:
+        log.info("%s: %s %s", event.endpoint, event.kind.value, event.detail)

@@ -1,0 +1,47 @@
+"""The health worker's settings from the environment: defaults, parsing, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.health.settings import HealthSettings
+from shared.startup import config_error_line
+
+
+def test_defaults() -> None:
+    s = HealthSettings()
+    assert (s.busy_threshold, s.lease_ttl, s.heartbeat_ttl, s.docker_discovery) == (10.0, 5.0, 5.0, "auto")
+    assert s.autodetect_candidates == ()
+
+
+def test_durations_and_candidates_parse() -> None:
+    s = HealthSettings.model_validate(
+        {
+            "busy_threshold": "1500ms",
+            "lease_ttl": "3s",
+            "discovery_resync_interval": "1m",
+            "autodetect_candidates": "http://127.0.0.1:1/, https://dmr.local",
+            "docker_discovery": "OFF",
+        }
+    )
+    assert (s.busy_threshold, s.lease_ttl, s.discovery_resync_interval) == (1.5, 3.0, 60.0)
+    assert s.autodetect_candidates == ("http://127.0.0.1:1", "https://dmr.local")
+    assert s.docker_discovery == "off"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "key"),
+    [
+        ("busy_threshold", "soon", "PIER_BUSY_THRESHOLD"),
+        ("lease_ttl", "0.5s", "PIER_LEASE_TTL"),
+        ("docker_discovery", "maybe", "PIER_DOCKER_DISCOVERY"),
+        ("autodetect_candidates", "dmr:12434", "PIER_AUTODETECT_CANDIDATES"),
+    ],
+)
+def test_bad_values_name_the_key(field: str, value: str, key: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        HealthSettings.model_validate({field: value})
+    line = config_error_line(info.value)
+    assert line.startswith(f"config error: {key}=")
+    assert "\n" not in line

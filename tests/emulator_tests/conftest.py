@@ -42,4 +42,3 @@ async def emu(start_emulator: StartEmulator) -> EmulatorServer:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
-

@@ -30,3 +30,17 @@ async def ps(http: aiohttp.ClientSession, emu: EmulatorServer) -> list[dict[str,
 
 def chat_body(model: str = "ai/smollm2", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "Say hello"}], **extra}
+
+
+async def sse_events(resp: aiohttp.ClientResponse) -> list[tuple[str | None, str]]:
+    """Read a whole SSE body as (event name, data) pairs, in order."""
+    events: list[tuple[str | None, str]] = []
+    event: str | None = None
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((event, line[len("data: ") :]))
+            event = None
+    return events

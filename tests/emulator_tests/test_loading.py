@@ -1,0 +1,181 @@
+"""Lazy loading, in-use marking, keep-alive eviction, max runners, and aborted loads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+
+from tests.emulator_tests.conftest import StartEmulator
+from tests.emulator_tests.helpers import admin_get, chat_body, ps
+from tests.harness import wait_for
+
+
+async def post_chat(http: aiohttp.ClientSession, url: str, model: str = "ai/smollm2", **extra: Any) -> str:
+    async with http.post(f"{url}/engines/v1/chat/completions", json=chat_body(model, **extra)) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.text()
+
+
+async def test_first_request_waits_for_the_load(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
+    emu = await start_emulator(load_time_ms=400)
+    request = asyncio.create_task(post_chat(http, emu.url))
+    entries = await wait_for(lambda: ps(http, emu), what="the runner to appear")
+    assert entries[0]["loading"] is True
+    assert "in_use" not in entries[0]
+    assert not request.done()
+    assert "Hello from dmr" in await request
+    entries = await ps(http, emu)
+    assert "loading" not in entries[0]
+    counters = (await admin_get(http, emu, "state"))["counters"]
+    assert counters["loads_started"] == counters["loads_completed"] == 1
+
+
+async def test_concurrent_requests_share_one_load(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
+    emu = await start_emulator(load_time_ms=200)
+    replies = await asyncio.gather(*(post_chat(http, emu.url) for _ in range(4)))
+    assert len(replies) == 4
+    counters = (await admin_get(http, emu, "state"))["counters"]
+    assert counters["loads_started"] == 1
+    assert counters["inference_requests"] == 4
+
+
+async def test_in_use_while_serving(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
+    emu = await start_emulator(chunks=20, chunk_interval_ms=50)
+    async with http.post(f"{emu.url}/engines/v1/chat/completions", json=chat_body(stream=True)) as resp:
+        await resp.content.readline()  # the stream has started
+        entries = await ps(http, emu)
+        assert entries[0].get("in_use") is True
+        await resp.read()
+    assert "in_use" not in (await ps(http, emu))[0]
+
+
+async def test_keep_alive_evicts_idle_runners(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
+    emu = await start_emulator(keep_alive_s=0.1)
+    await post_chat(http, emu.url)
+
+    async def gone() -> bool:
+        return await ps(http, emu) == []
+
+    await wait_for(gone, what="the idle runner to be evicted")
+    assert (await admin_get(http, emu, "state"))["counters"]["evictions"] == 1
+    await post_chat(http, emu.url)  # loads again
+    assert (await admin_get(http, emu, "state"))["counters"]["loads_started"] == 2
+
+
+async def test_configure_keep_alive_per_model(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
+    emu = await start_emulator(keep_alive_s=300, models=["ai/smollm2", "ai/gemma3"], max_runners=4)
+    body = {"model": "ai/gemma3", "keep_alive": "0"}
+    async with http.post(f"{emu.url}/engines/_configure", json=body) as resp:
+        assert resp.status == 202
+    await post_chat(http, emu.url, "ai/smollm2")
+    await post_chat(http, emu.url, "ai/gemma3")
+
+    async def only_smollm2() -> bool:
+        return [e["model_name"] for e in await ps(http, emu)] == ["ai/smollm2"]
+
+    # keep_alive 0 unloads gemma3 as soon as it is idle; smollm2 keeps the 300 s default.
+    await wait_for(only_smollm2, what="gemma3 to be unloaded")
+
+
+async def test_max_runners_evicts_least_recently_used(
+    http: aiohttp.ClientSession, start_emulator: StartEmulator
+) -> None:
+    emu = await start_emulator(max_runners=2, models=["ai/smollm2", "ai/gemma3", "ai/qwen3"])
+    await post_chat(http, emu.url, "ai/smollm2")
+    await post_chat(http, emu.url, "ai/gemma3")
+    await post_chat(http, emu.url, "ai/smollm2")  # gemma3 is now the least recently used
+    await post_chat(http, emu.url, "ai/qwen3")
+    assert sorted(e["model_name"] for e in await ps(http, emu)) == ["ai/qwen3", "ai/smollm2"]
+    assert (await admin_get(http, emu, "state"))["counters"]["evictions"] == 1
+
+
+async def test_full_and_busy_blocks_until_a_runner_frees(
+    http: aiohttp.ClientSession, start_emulator: StartEmulator
+) -> None:
+    emu = await start_emulator(max_runners=1, models=["ai/smollm2", "ai/gemma3"], chunks=10, chunk_interval_ms=30)
+    order: list[str] = []
+
+    async def run(model: str, started: asyncio.Event | None = None) -> None:
+        async with http.post(f"{emu.url}/engines/v1/chat/completions", json=chat_body(model, stream=True)) as resp:
+            await resp.content.readline()
+            if started is not None:
+                started.set()
+            await resp.read()
+        order.append(model)
+
+    smol_started = asyncio.Event()
+    first = asyncio.create_task(run("ai/smollm2", smol_started))
+    await smol_started.wait()
+    await run("ai/gemma3")
+    await first
+    assert order == ["ai/smollm2", "ai/gemma3"]
+    assert [e["model_name"] for e in await ps(http, emu)] == ["ai/gemma3"]
+
+
+async def test_client_leaving_during_load_aborts_it(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
+    emu = await start_emulator(load_time_ms=5000)
+    request = asyncio.create_task(post_chat(http, emu.url))
+    await wait_for(lambda: ps(http, emu), what="the load to start")
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+
+    async def aborted() -> dict[str, Any] | None:
+        state = await admin_get(http, emu, "state")
+        return state if state["counters"]["loads_aborted"] == 1 else None
+
+    state = await wait_for(aborted, what="the load to be aborted")
+    assert state["loaded"] == []
+    assert state["runners"] == []
+    assert state["counters"]["loads_completed"] == 0
+    [chat] = [r for r in await admin_get(http, emu, "requests") if r["method"] == "POST"]
+    assert chat["disconnected"] is True
+    assert chat["disconnected_during_load"] is True
+    assert chat["finished"] is False
+    assert chat["status"] is None
+
+
+async def test_load_survives_while_another_client_waits(
+    http: aiohttp.ClientSession, start_emulator: StartEmulator
+) -> None:
+    emu = await start_emulator(load_time_ms=600)
+    leaving = asyncio.create_task(post_chat(http, emu.url))
+    await wait_for(lambda: ps(http, emu), what="the load to start")
+    staying = asyncio.create_task(post_chat(http, emu.url))
+
+    async def two_waiting() -> bool:
+        state = await admin_get(http, emu, "state")
+        return bool(state["runners"]) and state["runners"][0]["refs"] == 2
+
+    await wait_for(two_waiting, what="both requests to wait on the load")
+    leaving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await leaving
+    assert "Hello from dmr" in await staying
+    counters = (await admin_get(http, emu, "state"))["counters"]
+    assert counters["loads_aborted"] == 0
+    assert counters["loads_completed"] == 1
+
+
+async def test_client_leaving_mid_stream_stops_generation(
+    http: aiohttp.ClientSession, start_emulator: StartEmulator
+) -> None:
+    emu = await start_emulator(chunks=200, chunk_interval_ms=20)
+    async with http.post(f"{emu.url}/engines/v1/chat/completions", json=chat_body(stream=True)) as resp:
+        await resp.content.readline()
+        resp.close()
+
+    async def disconnected() -> dict[str, Any] | None:
+        log = await admin_get(http, emu, "requests")
+        return log[0] if log[0]["disconnected"] else None
+
+    record = await wait_for(disconnected, what="the disconnect to be recorded")
+    assert record["finished"] is False
+    state = await admin_get(http, emu, "state")
+    assert state["counters"]["streams_completed"] == 0
+    assert state["counters"]["disconnects"] == 1
+    # the runner was released: idle again, not in use
+    assert "in_use" not in (await ps(http, emu))[0]

@@ -166,11 +166,15 @@ async def test_hang_sends_nothing_until_the_client_leaves(http: aiohttp.ClientSe
 async def test_drop_mid_stream(http: aiohttp.ClientSession, emu: EmulatorServer) -> None:
     await fault(http, emu, mode="drop", drop_after=2, count=1)
     lines: list[bytes] = []
-    with pytest.raises(aiohttp.ClientPayloadError):
+
+    async def read_stream() -> None:
         async with http.post(emu.url + CHAT, json=chat_body(stream=True)) as resp:
             assert resp.status == 200
             async for line in resp.content:
                 lines.append(line)
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await read_stream()
     assert len([x for x in lines if x.startswith(b"data: ")]) == 2
     record = (await admin_get(http, emu, "requests"))[0]
     assert (record["fault"], record["status"], record["finished"], record["disconnected"]) == (

@@ -154,8 +154,8 @@ async def test_cors_rejects_non_local_origins(http: aiohttp.ClientSession, start
         assert resp.status == 403
         assert resp.content_type == TEXT
         assert await text_of(resp) == "Origin not allowed"
-    post = {"url": f"{emu.url}/engines/v1/chat/completions", "json": chat_body()}
-    async with http.post(**post, headers={"Origin": "https://evil.example"}) as resp:
+    chat_url = f"{emu.url}/engines/v1/chat/completions"
+    async with http.post(chat_url, json=chat_body(), headers={"Origin": "https://evil.example"}) as resp:
         assert resp.status == 403
     for origin in ("http://localhost:3000", "http://127.0.0.1", "https://app.example"):
         async with http.get(f"{emu.url}/engines/v1/models", headers={"Origin": origin}) as resp:

@@ -1,0 +1,28 @@
+"""`python -m services.router` runs the router on PIER_HOST:PIER_PORT; `--check` is the container healthcheck."""
+
+from __future__ import annotations
+
+import argparse
+
+from services.router.server import check, run
+from services.router.settings import RouterSettings
+from shared.logs import setup_logging
+from shared.startup import load_or_exit
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.router", description=__doc__)
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 when this container's router answers /internal/health"
+    )
+    args = parser.parse_args()
+    settings = load_or_exit(RouterSettings.load)
+    if args.check:
+        return check(settings)
+    config = load_or_exit(settings.pier_config)
+    setup_logging("router", settings.log_level, settings.log_format)
+    return run(settings, config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,309 @@
+"""One request to one endpoint: send it, retry a 503 "Loading model", relay the answer chunk by chunk.
+
+Before any byte reached the client a failure raises `Failover` (the caller tries the next candidate); once
+bytes were sent nothing is retried: a cut stream ends with an error event (SSE) and a closed connection, so
+the client sees an error, never a silently short answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from services.router.circuit import Circuits
+from services.router.errors import (
+    Flavour,
+    RouterError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    loading_message,
+    normalise_upstream_error,
+)
+from services.router.headers import REQUEST_ID, downstream_headers
+from services.router.settings import RouterSettings
+from services.router.table import Target
+
+log = logging.getLogger(__name__)
+
+ERROR_BODY_LIMIT = 1024 * 1024  # error bodies read whole to normalise them; bigger ones are relayed as they are
+_UNAVAILABLE = frozenset({502, 503, 504})
+
+
+class Failover(Exception):
+    """The endpoint failed before the client got a byte: the next candidate may take the request."""
+
+    def __init__(self, error: RouterError, *, mark_down: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.mark_down = mark_down
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request on its way through the router (what every attempt shares)."""
+
+    request: web.Request
+    flavour: Flavour
+    request_id: str
+    started: float  # loop time
+    route: str  # X-Pier-Route
+    attempts: int = 0
+
+
+class Exchanger:
+    """Talks to endpoints through the process's one `ClientSession`."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: RouterSettings, circuits: Circuits) -> None:
+        self._session = session
+        self._settings = settings
+        self._circuits = circuits
+        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+
+    def _timeout(self, target: Target) -> aiohttp.ClientTimeout:
+        # Connect is bounded per socket (a full pool is not the endpoint's fault); reads are bounded per
+        # chunk by the request timeout; the wait for response headers is bounded by the caller.
+        key = (target.connect_timeout_s, target.request_timeout_s)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=key[0], sock_read=key[1])
+            self._timeouts[key] = timeout
+        return timeout
+
+    async def exchange(
+        self,
+        call: Call,
+        target: Target,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes,
+        model: str,
+        *,
+        shield_load: bool,
+    ) -> web.StreamResponse:
+        """Send the request to `target` and answer the client; `Failover` when the endpoint failed first.
+
+        `shield_load`: the model may be loading there, so a client leaving before the first byte must not
+        close the upstream request (DMR aborts a load whose client went away).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = call.started + target.request_timeout_s
+        backoff_s = self._settings.loading_retry_initial_s
+        stale_retry = True
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                late = UpstreamTimeout(f"request deadline passed before {target.name} answered")
+                raise Failover(late, mark_down=False)
+            call.attempts += 1
+            try:
+                upstream = await self._send(call, target, url, headers, body, remaining, shield_load)
+            except aiohttp.ServerDisconnectedError as exc:
+                # Most often a pooled keep-alive connection the endpoint had just closed: one fresh try.
+                if stale_retry:
+                    stale_retry = False
+                    continue
+                raise self._transport_failover(target, exc, f"endpoint {target.name} closed the connection") from exc
+            except TimeoutError as exc:
+                err: RouterError = UpstreamTimeout(f"endpoint {target.name} did not answer in time ({_describe(exc)})")
+                self._circuits.failure(target.name, "timeout")
+                raise Failover(err, mark_down=True) from exc
+            except (aiohttp.ClientConnectionError, OSError) as exc:
+                raise self._transport_failover(target, exc, f"cannot reach endpoint {target.name}") from exc
+            except aiohttp.ClientError as exc:
+                self._circuits.failure(target.name, "bad response")
+                err = UpstreamUnreachable(f"endpoint {target.name} sent a bad response: {_describe(exc)}")
+                raise Failover(err, mark_down=False) from exc
+
+            status = upstream.status
+            if status < 400:
+                self._circuits.success(target.name)
+                return await self._relay(call, target, upstream, model, b"")
+            try:
+                error_body, complete = await _read_bounded(upstream, ERROR_BODY_LIMIT)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                upstream.close()
+                self._circuits.failure(target.name, "error body cut")
+                err = UpstreamUnreachable(f"endpoint {target.name} cut its error response: {_describe(exc)}")
+                raise Failover(err, mark_down=False) from exc
+            if status == 503 and complete and loading_message(error_body):
+                upstream.release()
+                wait_s = min(backoff_s, self._settings.loading_retry_max_s)
+                if loop.time() + wait_s < deadline:
+                    await asyncio.sleep(wait_s)
+                    backoff_s *= 2
+                    continue
+                # Out of time: the client gets the endpoint's 503 as it is.
+            elif status in _UNAVAILABLE:
+                self._circuits.failure(target.name, f"HTTP {status}")
+            else:
+                self._circuits.success(target.name)
+            if not complete:
+                return await self._relay(call, target, upstream, model, error_body)
+            upstream.release()
+            return self._error_response(call, target, upstream, error_body, model)
+
+    def _transport_failover(self, target: Target, exc: BaseException, what: str) -> Failover:
+        self._circuits.failure(target.name, type(exc).__name__)
+        return Failover(UpstreamUnreachable(f"{what}: {_describe(exc)}"), mark_down=True)
+
+    async def _send(
+        self,
+        call: Call,
+        target: Target,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes,
+        remaining_s: float,
+        shield_load: bool,
+    ) -> aiohttp.ClientResponse:
+        timeout_s = min(target.response_header_timeout_s, remaining_s)
+        pending = self._session.request(
+            call.request.method, url, data=body, headers=headers, timeout=self._timeout(target), allow_redirects=False
+        )
+        if not shield_load:
+            async with asyncio.timeout(timeout_s):
+                return await pending
+        return await _shielded(pending, timeout_s, remaining_s)
+
+    def _pier_headers(self, headers: CIMultiDict[str], call: Call, target: Target, model: str) -> None:
+        headers[REQUEST_ID] = call.request_id
+        headers["X-Pier-Endpoint"] = target.name
+        headers["X-Pier-Model"] = model
+        headers["X-Pier-Route"] = call.route
+        headers["X-Pier-Attempts"] = str(call.attempts)
+
+    def _error_response(
+        self, call: Call, target: Target, upstream: aiohttp.ClientResponse, body: bytes, model: str
+    ) -> web.Response:
+        headers = downstream_headers(upstream.headers)
+        headers.popall("Content-Length", None)
+        content_type = upstream.headers.get("Content-Type", "")
+        if "Content-Encoding" not in upstream.headers:
+            rewritten = normalise_upstream_error(upstream.status, content_type, body, call.flavour)
+            if rewritten is not None:
+                body = rewritten
+                headers["Content-Type"] = "application/json"
+        self._pier_headers(headers, call, target, model)
+        return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+
+    async def _relay(
+        self, call: Call, target: Target, upstream: aiohttp.ClientResponse, model: str, prefix: bytes
+    ) -> web.StreamResponse:
+        """Stream the endpoint's answer to the client as it arrives (bounded memory, no coalescing)."""
+        headers = downstream_headers(upstream.headers)
+        self._pier_headers(headers, call, target, model)
+        out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        finished = False
+        try:
+            await out.prepare(call.request)
+            if prefix:
+                await out.write(prefix)
+            content = upstream.content
+            while True:
+                try:
+                    chunk = await content.readany()
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    await self._cut(call, target, upstream, out, exc)
+                    return out
+                if not chunk:
+                    break
+                await out.write(chunk)
+            finished = True
+            upstream.release()
+            await out.write_eof()
+        except ConnectionError:
+            # The client went away: closing the upstream response (below) stops the generation at once.
+            pass
+        finally:
+            if not finished:
+                upstream.close()
+        return out
+
+    async def _cut(
+        self,
+        call: Call,
+        target: Target,
+        upstream: aiohttp.ClientResponse,
+        out: web.StreamResponse,
+        exc: BaseException,
+    ) -> None:
+        """The endpoint broke off an answer already under way: no retry; the client must see an error."""
+        upstream.close()
+        self._circuits.failure(target.name, "stream cut")
+        log.warning("endpoint %s cut a response already under way (%s): %s", target.name, call.request_id, exc)
+        message = f"endpoint {target.name} cut the response: {_describe(exc)}"
+        if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+            with contextlib.suppress(ConnectionError):
+                await out.write(_sse_error(message, call.flavour))
+        transport = call.request.transport
+        if transport is not None:
+            # No terminating chunk: the client sees a broken stream, not a complete short one.
+            transport.close()
+
+
+async def _shielded(
+    pending: Awaitable[aiohttp.ClientResponse], timeout_s: float, remaining_s: float
+) -> aiohttp.ClientResponse:
+    """Wait for response headers in a task the client's departure does not cancel.
+
+    When the client leaves, keep waiting for the first byte (bounded by the request's deadline) so the
+    endpoint finishes loading the model, then close the upstream request.
+    """
+    task: asyncio.Future[aiohttp.ClientResponse] = asyncio.ensure_future(pending)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + remaining_s
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout_s)
+    except asyncio.CancelledError:
+        await _finish_load(task, deadline - loop.time())
+        raise
+    if not done:
+        task.cancel()
+        raise TimeoutError(f"no response headers within {timeout_s:g}s")
+    return task.result()
+
+
+async def _finish_load(task: asyncio.Future[aiohttp.ClientResponse], remaining_s: float) -> None:
+    try:
+        if not task.done() and remaining_s > 0:
+            await asyncio.wait((task,), timeout=remaining_s)
+    finally:
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            task.result().close()
+
+
+async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Read the body up to `limit` bytes: (bytes, complete)."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await upstream.content.readany()
+        if not chunk:
+            return b"".join(parts), True
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts), False
+
+
+def _sse_error(message: str, flavour: Flavour) -> bytes:
+    if flavour is Flavour.ANTHROPIC:
+        payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    error = {"error": {"message": message, "type": "upstream_error", "code": "stream_cut", "param": None}}
+    return b"data: " + json.dumps(error).encode() + b"\n\n"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

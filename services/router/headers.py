@@ -1,0 +1,101 @@
+"""Which headers cross the proxy, in each direction, and the `X-Pier-*` headers the router adds.
+
+Request: hop-by-hop headers, the client's credentials (`Authorization`, `Cookie`, `Proxy-Authorization`) and
+its `Origin` (DMR answers 403 to a foreign Origin) stay behind; `Host` and `Content-Length` are the upstream
+request's own; the endpoint's configured headers/auth are added. Response: hop-by-hop headers and `Set-Cookie`
+stay behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# `Expect` is answered by the router itself (the body is read before forwarding); `X-Request-ID` is replaced
+# by the router's request id so the endpoint's logs correlate with X-Pier-Request-ID.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "origin", "expect", "x-request-id"}
+_RESPONSE_DROP = HOP_BY_HOP | {"set-cookie"}
+
+VIA = "1.1 pier"
+REQUEST_ID = "X-Pier-Request-ID"
+
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}")
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
+    value = headers.get("Connection")
+    if not value:
+        return frozenset()
+    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
+
+
+def upstream_headers(client: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """The client's headers as they go to an endpoint (before the endpoint's own headers are added)."""
+    drop = _REQUEST_DROP
+    if "Connection" in client:
+        drop = drop | _connection_tokens(client)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in client.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    out["X-Request-ID"] = request_id
+    return out
+
+
+def with_endpoint_headers(base: CIMultiDict[str], extra: Mapping[str, str]) -> CIMultiDict[str]:
+    """`base` plus an endpoint's configured headers and auth (they replace same-named client headers)."""
+    if not extra:
+        return base
+    merged = base.copy()
+    merged.update(extra)
+    return merged
+
+
+def downstream_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """An endpoint's response headers as the client gets them; `Via` gains the router."""
+    drop = _RESPONSE_DROP
+    if "Connection" in upstream:
+        drop = drop | _connection_tokens(upstream)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    via = out.get("Via")
+    out["Via"] = f"{via}, {VIA}" if via else VIA
+    return out
+
+
+class RequestIds:
+    """Request ids: a sane inbound `X-Request-ID` is echoed; otherwise a per-process prefix and a counter."""
+
+    def __init__(self, *, trust_inbound: bool) -> None:
+        self._trust = trust_inbound
+        self._prefix = os.urandom(4).hex() + "-"
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+    def for_request(self, inbound: str | None) -> str:
+        if inbound and self._trust and _SANE_REQUEST_ID.fullmatch(inbound):
+            return inbound
+        return self.new()

@@ -1,0 +1,250 @@
+"""The hot path: read the body, pick candidates from the in-memory routing table, walk them with failover.
+
+Nothing here touches Redis: routing reads `StateCache.table` (swapped whole in the background). The body is
+parsed once to find `model`, and forwarded as the client sent it unless an alias needs the name rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from services.router.circuit import Circuits
+from services.router.errors import (
+    BodyTooLarge,
+    CapacityExceeded,
+    CircuitOpen,
+    EngineUnavailable,
+    Flavour,
+    InvalidJSON,
+    InvalidRequest,
+    ModelNotFound,
+    ModelRequired,
+    RouteNotFound,
+    RouterError,
+    Unavailable,
+)
+from services.router.exchange import Call, Exchanger, Failover
+from services.router.headers import RequestIds, upstream_headers, with_endpoint_headers
+from services.router.routing import Decision, RouteError, RouteRequest, select
+from services.router.runtime import Runtime
+from services.router.settings import RouterSettings
+from services.router.table import Target
+from shared.config import PierConfig
+from shared.names import normalise_model
+
+if TYPE_CHECKING:
+    from services.router.statecache import StateCache
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("pier.request_id", str)
+
+# DMR's engine names (`/engines/{engine}/v1/...`); any other name is a 404, as on DMR.
+ENGINES = frozenset({"llama.cpp", "vllm", "mlx", "sglang", "diffusers"})
+
+
+class Api(StrEnum):
+    """What an inference route forwards to."""
+
+    OPENAI = "openai"  # {api_prefix}/{op} or /engines/{engine}/v1/{op}
+    ANTHROPIC = "anthropic"  # the endpoint's native /anthropic/v1/messages
+    ANTHROPIC_COUNT = "anthropic_count_tokens"
+
+
+def parse_body(body: bytes) -> tuple[dict[str, Any], str | None]:
+    """The JSON object and its `model` (None when absent); 400 for anything else."""
+    if not body.strip():
+        raise InvalidJSON("request body is empty; expected a JSON object")
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("model must be a string", param="model")
+    return data, model
+
+
+class Proxy:
+    """Routes and forwards inference requests. Its resources are bound by the app's cleanup contexts."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        config: PierConfig,
+        runtime: Runtime,
+        circuits: Circuits,
+        ids: RequestIds,
+    ) -> None:
+        self._settings = settings
+        self._config = config
+        self._runtime = runtime
+        self._circuits = circuits
+        self._ids = ids
+        self._state: StateCache | None = None
+        self._exchanger: Exchanger | None = None
+
+    def bind_state(self, state: StateCache | None) -> None:
+        self._state = state
+
+    def bind_exchanger(self, exchanger: Exchanger | None) -> None:
+        self._exchanger = exchanger
+
+    async def forward(self, request: web.Request, api: Api, op: str, engine: str | None) -> web.StreamResponse:
+        """Handle one inference request end to end (errors are raised as `RouterError`)."""
+        started = asyncio.get_running_loop().time()
+        request_id = self._ids.for_request(request.headers.get("X-Request-ID"))
+        request[REQUEST_ID_KEY] = request_id
+        if engine is not None and engine.lower() not in ENGINES:
+            raise RouteNotFound(f"unknown engine {engine!r}; DMR's engines are {', '.join(sorted(ENGINES))}")
+        length = request.content_length
+        if length is not None and length > self._settings.max_body_bytes:
+            raise BodyTooLarge(f"request body of {length} bytes is over the limit of {self._settings.max_body_bytes}")
+        body = await request.read()
+        data, model = parse_body(body)
+        decision = await self._decide(model, engine, api)
+        call = Call(request, Flavour.OPENAI if api is Api.OPENAI else Flavour.ANTHROPIC, request_id, started, "")
+        call.route = decision.reason
+        return await self._walk(call, decision, data, body, api, op, engine)
+
+    def _select(self, model: str | None, engine: str | None, api: Api) -> Decision:
+        if self._state is None:
+            raise RuntimeError("the proxy is used before its state cache was bound")
+        runtime = self._runtime
+        return select(
+            self._state.table,
+            RouteRequest(model, engine, api is not Api.OPENAI),
+            balancer=self._config.load_balancer,
+            strategy=self._config.routing_strategy,
+            inflight=runtime.inflight,
+            blocked=self._circuits.blocked(),
+            rotation=runtime.next_rotation(),
+            rng=runtime.rng,
+        )
+
+    async def _decide(self, model: str | None, engine: str | None, api: Api) -> Decision:
+        """Select candidates; when every one is full, wait (bounded) for a slot and select again."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            decision = self._select(model, engine, api)
+            if decision.error is not None:
+                raise self._route_error(decision, model)
+            if not decision.all_full:
+                return decision
+            if deadline is None:
+                deadline = loop.time() + self._settings.capacity_wait_s
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self._runtime.wait_for_slot(remaining):
+                raise CapacityExceeded(
+                    f"every endpoint that serves {model} is at its concurrency limit", retry_after_s=1
+                )
+
+    def _route_error(self, decision: Decision, model: str | None) -> RouterError:
+        retry_after_s = decision.retry_after_s or self._settings.retry_after_s
+        error = decision.error
+        if error is RouteError.NO_MODEL:
+            return ModelRequired("model is required", param="model")
+        if error is RouteError.UNKNOWN_MODEL:
+            return ModelNotFound(model or "", decision.available_models)
+        if error is RouteError.ENGINE_UNAVAILABLE:
+            return EngineUnavailable(
+                f"no endpoint that serves {model} runs the engine it was asked for", retry_after_s=retry_after_s
+            )
+        return Unavailable(f"no endpoint that serves {model} is available now", retry_after_s=retry_after_s)
+
+    def _path(self, target: Target, api: Api, op: str, engine: str | None) -> str:
+        if api is Api.ANTHROPIC:
+            return target.anthropic_messages_path
+        if api is Api.ANTHROPIC_COUNT:
+            return target.anthropic_count_tokens_path
+        if engine is not None and target.engine_paths:
+            return f"/engines/{engine}/v1/{op}"
+        return f"{target.api_prefix}/{op}"
+
+    async def _walk(
+        self,
+        call: Call,
+        decision: Decision,
+        data: dict[str, Any],
+        body: bytes,
+        api: Api,
+        op: str,
+        engine: str | None,
+    ) -> web.StreamResponse:
+        """Try the candidates in order until one answers; failover only before the client got a byte."""
+        exchanger, state = self._exchanger, self._state
+        if exchanger is None or state is None:
+            raise RuntimeError("the proxy is used before its resources were bound")
+        runtime, circuits = self._runtime, self._circuits
+        request = call.request
+        query = request.rel_url.raw_query_string
+        base_headers: CIMultiDict[str] | None = None
+        last: RouterError | None = None
+        refused: list[str] = []
+        not_native = 0
+        for candidate in decision.candidates:
+            target = candidate.target
+            name = target.name
+            if api is not Api.OPENAI and not target.anthropic_native:
+                not_native += 1
+                continue
+            if not runtime.has_room(name, target.max_concurrent):
+                continue
+            if not circuits.allow(name):
+                refused.append(name)
+                continue
+            upstream_model = candidate.upstream_model
+            if upstream_model is not None and upstream_model != data.get("model"):
+                send = json.dumps({**data, "model": upstream_model}).encode()
+                model = normalise_model(upstream_model)
+            else:
+                send = body
+                model = decision.model or ""
+            path = self._path(target, api, op, engine)
+            url = URL(f"{target.url}{path}?{query}" if query else f"{target.url}{path}", encoded=True)
+            if base_headers is None:
+                base_headers = upstream_headers(request.headers, call.request_id)
+            headers = with_endpoint_headers(base_headers, target.headers)
+            runtime.acquire(name)
+            try:
+                return await exchanger.exchange(
+                    call, target, url, headers, send, model, shield_load=model not in target.loaded
+                )
+            except Failover as exc:
+                last = exc.error
+                runtime.count("failovers")
+                log.warning("endpoint %s failed before answering (%s): %s", name, call.request_id, exc.error.message)
+                if exc.mark_down:
+                    state.mark_down(name, exc.error.message)
+            finally:
+                runtime.release(name)
+                circuits.settle(name)
+        if last is not None:
+            last.headers = {**last.headers, "X-Pier-Route": call.route, "X-Pier-Attempts": str(call.attempts)}
+            raise last
+        if refused:
+            wait_s = min(circuits.retry_after_s(name) for name in refused)
+            raise CircuitOpen(
+                f"the circuit of every endpoint that serves {decision.model} is open ({', '.join(refused)})",
+                retry_after_s=max(1, math.ceil(wait_s)),
+            )
+        if not_native and not_native == len(decision.candidates):
+            raise Unavailable(
+                f"no endpoint that serves {decision.model} has a native Anthropic route",
+                retry_after_s=self._settings.retry_after_s,
+            )
+        raise CapacityExceeded(
+            f"every endpoint that serves {decision.model} is at its concurrency limit", retry_after_s=1
+        )

@@ -1,0 +1,58 @@
+"""The router's settings: `CommonSettings` plus the proxy's limits, timeouts and process model (env prefix PIER_)."""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from shared.durations import Seconds
+from shared.settings import CommonSettings
+
+MIB = 1024 * 1024
+
+
+class RouterSettings(CommonSettings):
+    """Settings of `python -m services.router`. Built once in `__main__`, passed down."""
+
+    # PIER_PORT: where the router listens (Olla's port, so Olla users change nothing).
+    port: int = Field(default=40114, ge=1, le=65535)
+    # PIER_WORKERS: router processes sharing the port (SO_REUSEPORT); each keeps its own routing table.
+    workers: int = Field(default=1, ge=1, le=64)
+    # PIER_DRAIN_TIMEOUT_S: on SIGTERM, how long running requests and streams may finish before they are cut.
+    drain_timeout_s: Seconds = Field(default=30.0, ge=0)
+    # PIER_MAX_BODY_BYTES: larger request bodies get 413 (Content-Length or chunked). Olla's default: 100 MiB.
+    max_body_bytes: int = Field(default=100 * MIB, ge=1)
+    # PIER_MAX_HEADER_BYTES: larger request headers (all of them together) get 431. Olla's default: 1 MiB.
+    max_header_bytes: int = Field(default=1 * MIB, ge=1024)
+    # PIER_MAX_HEADERS: more request header lines than this get 431.
+    max_headers: int = Field(default=256, ge=16)
+    # PIER_CIRCUIT_THRESHOLD: consecutive request failures that open an endpoint's circuit.
+    circuit_threshold: int = Field(default=5, ge=1)
+    # PIER_CIRCUIT_OPEN_S: how long an open circuit refuses requests before one half-open trial.
+    circuit_open_s: Seconds = Field(default=30.0, gt=0)
+    # PIER_CAPACITY_WAIT_S: when every candidate is at its concurrency limit, wait this long for a slot, then 503.
+    capacity_wait_s: Seconds = Field(default=10.0, ge=0)
+    # PIER_LOADING_RETRY_INITIAL_S / PIER_LOADING_RETRY_MAX_S: backoff between retries of a 503 "Loading model".
+    loading_retry_initial_s: Seconds = Field(default=0.5, gt=0)
+    loading_retry_max_s: Seconds = Field(default=5.0, gt=0)
+    # PIER_RESYNC_INTERVAL_S: full state re-read from Redis (catches expired state) besides the event stream.
+    resync_interval_s: Seconds = Field(default=5.0, gt=0)
+    # PIER_RETRY_AFTER_S: Retry-After on a 503 when nothing tells a better value.
+    retry_after_s: int = Field(default=5, ge=1)
+    # PIER_TRUST_REQUEST_ID: echo a well-formed inbound X-Request-ID as X-Pier-Request-ID (else always generate).
+    trust_request_id: bool = True
+    # PIER_KEEPALIVE_S: how long an idle client connection stays open.
+    keepalive_s: Seconds = Field(default=75.0, gt=0)
+    # PIER_UPSTREAM_KEEPALIVE_S: how long an idle pooled connection to an endpoint stays open.
+    upstream_keepalive_s: Seconds = Field(default=30.0, gt=0)
+    # PIER_UPSTREAM_POOL_SIZE: open connections to all endpoints together (0 = no limit; endpoint limits apply).
+    upstream_pool_size: int = Field(default=0, ge=0)
+    # PIER_CHECK_TIMEOUT_S: how long `--check` waits for /internal/health.
+    check_timeout_s: Seconds = Field(default=3.0, gt=0)
+
+    @field_validator("loading_retry_max_s")
+    @classmethod
+    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("loading_retry_initial_s")
+        if isinstance(initial, float) and value < initial:
+            raise ValueError(f"must be at least PIER_LOADING_RETRY_INITIAL_S ({initial:g}s)")
+        return value

@@ -1,0 +1,183 @@
+"""Medians over the repetitions, the markdown tables, and the ratios against the issue's targets."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+PIER = "pier"  # the setting the targets speak of (telemetry off)
+PIER_OTEL = "pier-otel"
+NA = "-"  # not applicable / not measured
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarise(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per target: the median of every numeric figure over the rounds, and paired 'added over direct' figures."""
+    rounds: list[dict[str, Any]] = results["rounds"]
+    direct = {r["rep"]: r for r in rounds if r["target"] == "direct"}
+    summary: dict[str, dict[str, Any]] = {}
+    for name in results["targets"]:
+        mine = [r for r in rounds if r["target"] == name]
+        if not mine:
+            continue
+        out: dict[str, Any] = {}
+        for key in mine[0]:
+            values = [r[key] for r in mine if key in r]
+            if key in ("rep", "target"):
+                continue
+            if all(isinstance(v, bool) for v in values):
+                out[key] = all(values)
+            elif all(isinstance(v, int | float) for v in values):
+                out[key] = _median([float(v) for v in values])
+        # Paired with the same repetition's direct run, so drifts in machine load cancel out.
+        added_p50 = [r["c1_p50_us"] - direct[r["rep"]]["c1_p50_us"] for r in mine if r["rep"] in direct]
+        out["added_c1_p50_us"] = _median(added_p50)
+        added_ttfb = [
+            r["stream_first_event_ms"] - direct[r["rep"]]["stream_first_event_ms"]
+            for r in mine
+            if r["rep"] in direct and "stream_first_event_ms" in r and "stream_first_event_ms" in direct[r["rep"]]
+        ]
+        out["added_ttfb_ms"] = _median(added_ttfb)
+        summary[name] = out
+    return summary
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return NA
+    if isinstance(value, bool):
+        return "yes" if value else "**NO**"
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    what: str
+    measured: float | None
+    goal: str
+    passed: bool | None
+
+
+def checks(summary: dict[str, dict[str, Any]]) -> list[Check]:
+    """The issue's targets, each as a ratio of figures from this run."""
+    pier, minimal, litellm = summary.get(PIER), summary.get("minimal"), summary.get("litellm")
+    out: list[Check] = []
+
+    def add(what: str, value: float | None, goal: str, ok: bool | None) -> None:
+        out.append(Check(what, value, goal, ok if value is not None else None))
+
+    def get(row: dict[str, Any] | None, key: str) -> float | None:
+        return None if row is None else row.get(key)
+
+    cpu = _ratio(get(pier, "cpu_us_per_req"), get(minimal, "cpu_us_per_req"))
+    add("Pier CPU/request vs minimal proxy", cpu, "<= 1.0x", cpu is not None and cpu <= 1.0)
+    rps = _ratio(get(pier, "rps"), get(litellm, "rps"))
+    add("Pier throughput vs LiteLLM", rps, ">= 40x", rps is not None and rps >= 40)
+    p50 = _ratio(get(pier, "added_c1_p50_us"), get(minimal, "added_c1_p50_us"))
+    add("Pier added p50 (c=1) vs minimal proxy", p50, "<= 1.2x", p50 is not None and p50 <= 1.2)
+    ttfb = _ratio(get(pier, "added_ttfb_ms"), get(minimal, "added_ttfb_ms"))
+    add("Pier added TTFB (stream) vs minimal proxy", ttfb, "<= 1.2x", ttfb is not None and ttfb <= 1.2)
+    own = get(pier, "stream_own_reads")
+    add("Pier: every SSE event in its own read", None if own is None else float(own), "yes", bool(own))
+    otel = _ratio(get(summary.get(PIER_OTEL), "rps"), get(pier, "rps"))
+    add("Pier telemetry on (100 %) vs off, throughput", otel, ">= 0.7x", otel is not None and otel >= 0.7)
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    summary = summarise(results)
+    meta = results["meta"]
+    lines = [
+        f"Run {meta['stamp']} at commit `{meta['commit']}`, Python {meta['python']}, {meta['cpus']} cores; "
+        f"{meta['reps']} repetitions x {meta['duration_s']:g} s per load run (medians); wrk with "
+        f"{meta['connections']} connections for throughput, 1 for latency; {meta['streams_per_rep']} streams "
+        f"per repetition. Pinning: load generator + upstreams on core {meta['pinning']['loadgen']}, "
+        f"proxy on core {meta['pinning']['proxy']}. Load average {meta['loadavg_start']} -> "
+        f"{meta.get('loadavg_end', '?')}.",
+        "",
+        "### Non-streaming chat completion",
+        "",
+        "| contender | req/s | p50 ms | p99 ms | p50 c=1 µs | added p50 c=1 µs | proxy CPU µs/req "
+        "| upstream µs/req | RSS MiB | other load | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in summary.items():
+        errors = (row.get("errors") or 0) + (row.get("non_2xx") or 0) + (row.get("c1_errors") or 0)
+        proxy = name != "direct"
+        cells = [
+            _fmt(row.get("rps")),
+            _fmt(_ms(row.get("p50_us")), 2),
+            _fmt(_ms(row.get("p99_us")), 2),
+            _fmt(row.get("c1_p50_us")),
+            _fmt(row.get("added_c1_p50_us")) if proxy else NA,
+            _fmt(row.get("cpu_us_per_req")) if proxy else NA,
+            _fmt(row.get("upstream_cpu_us_per_req"), 1),
+            _fmt(row.get("rss_mib"), 1) if proxy else NA,
+            f"{_fmt(100 * (row.get('foreign_cpu_share') or 0))} %",
+            _fmt(errors),
+        ]
+        flag = " (**errors: figures invalid**)" if errors else ""
+        lines.append(f"| {name}{flag} | " + " | ".join(cells) + " |")
+    up = results.get("upstream", {})
+    lines += [
+        "",
+        f"Upstream alone: nginx answers the fixed JSON at the `direct` row's rate and its fixed 20-event SSE body at "
+        f"{_fmt(up.get('nginx_sse_body_rps'))} req/s, using the upstream µs/req shown (it is never the limit).",
+        "",
+        "### Streaming (20 SSE events, 20 ms apart, concurrency 1)",
+        "",
+        "| contender | first event ms | added ms | total ms | events | max events/read | every event its own read |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, row in summary.items():
+        lines.append(
+            f"| {name} | {_fmt(row.get('stream_first_event_ms'), 2)} "
+            f"| {_fmt(row.get('added_ttfb_ms'), 2) if name != 'direct' else NA} "
+            f"| {_fmt(row.get('stream_total_ms'), 1)} | {_fmt(row.get('stream_events_min'))} "
+            f"| {_fmt(row.get('stream_max_events_per_read'))} | {_fmt(row.get('stream_own_reads'))} |"
+        )
+    lines += ["", "### Ratios", "", _ratio_table(summary), "", "### Targets (issue 6)", ""]
+    lines += ["| target | measured | goal | met |", "|---|---:|---|---|"]
+    for check in checks(summary):
+        met = NA if check.passed is None else ("yes" if check.passed else "**no**")
+        lines.append(f"| {check.what} | {_fmt(check.measured, 2)} | {check.goal} | {met} |")
+    for name, why in results.get("unavailable", {}).items():
+        lines.append(f"\n`{name}` not measured: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else us / 1000
+
+
+def _ratio_table(summary: dict[str, dict[str, Any]]) -> str:
+    minimal, litellm = summary.get("minimal", {}), summary.get("litellm", {})
+    lines = [
+        "| contender | CPU/req vs minimal | req/s vs minimal | req/s vs LiteLLM | added p50 vs minimal "
+        "| added TTFB vs minimal |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in summary.items():
+        if name == "direct":
+            continue
+        cells = [
+            _ratio(row.get("cpu_us_per_req"), minimal.get("cpu_us_per_req")),
+            _ratio(row.get("rps"), minimal.get("rps")),
+            _ratio(row.get("rps"), litellm.get("rps")),
+            _ratio(row.get("added_c1_p50_us"), minimal.get("added_c1_p50_us")),
+            _ratio(row.get("added_ttfb_ms"), minimal.get("added_ttfb_ms")),
+        ]
+        lines.append(f"| {name} | " + " | ".join(f"{_fmt(c, 2)}x" if c is not None else NA for c in cells) + " |")
+    return "\n".join(lines)

@@ -20,6 +20,9 @@ CLI flags (each also settable at run time through `POST /_emulator/config`, key 
   --pullable 'ai/*'               glob patterns /models/create accepts (others: 404 Model not found)
   --engines llama.cpp             engines installed (`Running`); others `Not Installed`, requests -> 412
   --allowed-origins ''            extra CORS origins ('*' = any); local origins are always allowed
+  --loading-503                   old DMR: while a model loads, answer llama.cpp's 503 `Loading model` (the first
+                                  request starts the load in the background)
+  --fail-models ai/qwen3          these models' loads fail: 500 `unable to load runner: …`
   --host 127.0.0.1, --port N, --admin-port N (admin routes only; keeps answering during `refuse`)
 
 Admin routes (JSON, on the main port and the admin port):
@@ -32,7 +35,7 @@ Admin routes (JSON, on the main port and the admin port):
   GET  /_emulator/requests  every non-admin request: {id, method, path, query, headers, body, at, status,
                             finished, disconnected, disconnected_during_load, fault}
   POST /_emulator/reset     clears the log, counters, runners and the fault (re-opens a refused listener)
-Counters: requests, inference_requests, loads_started, loads_completed, loads_aborted, evictions, unloads,
+Counters: requests, inference_requests, loads_started, loads_completed, loads_aborted, loads_failed, evictions, unloads,
 pulls, disconnects, faults_applied, streams_completed, streams_aborted.
 
 DMR's own errors are text/plain with a trailing newline (Go's http.Error); compare `text.strip()`.

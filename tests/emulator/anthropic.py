@@ -30,9 +30,11 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return content.count_tokens(body.get("messages")) + system
 
 
-async def count_tokens(request: web.Request) -> web.Response:
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    """DMR routes count_tokens through the scheduler like any inference, so it loads the model too."""
     inf = await _parse(request)
-    return content.json_response({"input_tokens": _prompt_tokens(inf.body)})
+    async with runner_for(request, inf, "completion"):
+        return content.json_response({"input_tokens": _prompt_tokens(inf.body)})
 
 
 async def messages(request: web.Request) -> web.StreamResponse:

@@ -43,6 +43,10 @@ class EmulatorConfig:
     pull_error: str | None = None
     engines: list[str] = field(default_factory=lambda: ["llama.cpp"])
     allowed_origins: list[str] = field(default_factory=list)
+    # Old DMR (<= v1.0.10): requests for a model still loading get llama.cpp's 503 `Loading model`.
+    loading_503: bool = False
+    # Models whose load fails (500 `unable to load runner: …`), e.g. too large for the machine.
+    fail_models: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,46 +80,46 @@ class EmulatorConfig:
                 raise ConfigError(f"{key}: must be >= 0")
 
 
+_INT_KEYS = {"max_runners", "chunks"}
+_OPTIONAL_STR_KEYS = {"pull_error"}
+
+
 def _coerce(key: str, value: Any, current: Any) -> Any:
-    """Accept JSON values and the CLI's comma strings alike."""
-    try:
-        if isinstance(current, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{key}: expected true/false")
-            return value
-        if isinstance(current, list):
-            if isinstance(value, str):
-                return _split(value)
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return list(value)
-            raise ConfigError(f"{key}: expected a list of strings or a comma-separated string")
-        if isinstance(current, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key}: expected an object")
-            return {str(k): float(v) for k, v in value.items()}
-        if key == "pull_error":
-            return None if value is None else str(value)
-        if isinstance(current, int) and not isinstance(current, bool) and key == "max_runners":
-            if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-                raise ConfigError(f"{key}: expected an integer")
-            return int(value)
-        if key == "chunks":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{key}: expected an integer")
-            return value
-        if isinstance(current, float):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{key}: expected a number")
-            return float(value)
-        if isinstance(current, str):
-            if not isinstance(value, str):
-                raise ConfigError(f"{key}: expected a string")
-            return value
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{key}: {exc}") from None
-    return value
+    """Check one admin value against the switch's type; lists also accept the CLI's comma strings."""
+    if key in _OPTIONAL_STR_KEYS:
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string or null")
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false")
+        return value
+    if key in _INT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number")
+        return float(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string")
+        return value
+    if isinstance(current, list):
+        if isinstance(value, str):
+            return _split(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{key}: expected a list of strings or a comma-separated string")
+    if isinstance(current, dict):
+        ok = isinstance(value, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+        )
+        if not ok:
+            raise ConfigError(f"{key}: expected an object of numbers")
+        return {str(k): float(v) for k, v in value.items()}
+    raise ConfigError(f"{key}: cannot be set")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -139,6 +143,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pull-time-ms", type=float, default=d.pull_time_ms)
     p.add_argument("--engines", default=",".join(d.engines))
     p.add_argument("--allowed-origins", default="", help="extra CORS origins ('*' allows any)")
+    p.add_argument("--loading-503", action="store_true", help="old DMR: 503 `Loading model` while loading")
+    p.add_argument("--fail-models", default="", help="models whose load fails with 500")
     return p
 
 
@@ -165,6 +171,8 @@ def from_args(argv: list[str] | None = None) -> EmulatorConfig:
         pull_time_ms=ns.pull_time_ms,
         engines=_split(ns.engines),
         allowed_origins=_split(ns.allowed_origins),
+        loading_503=ns.loading_503,
+        fail_models=_split(ns.fail_models),
     )
     try:
         config.validate()

@@ -43,6 +43,16 @@ def anthropic_error(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=json.dumps(body, separators=(",", ":")), content_type="application/json")
 
 
+class StillLoading(DmrError):
+    """Old DMR passed llama.cpp's 503 through while the model loaded."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "Loading model")
+
+    def response(self, path: str) -> web.Response:
+        return llama_loading()
+
+
 def llama_loading() -> web.Response:
     """llama.cpp's answer while its model is still loading (old DMR passed it through)."""
     body = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}

@@ -15,9 +15,9 @@ from aiohttp import web
 from tests.emulator import content
 from tests.emulator.catalog import PulledModel
 from tests.emulator.config import VALID_ENGINES
-from tests.emulator.errors import DmrError, model_not_found
+from tests.emulator.errors import DmrError, StillLoading, model_not_found
 from tests.emulator.keys import EMULATOR, RECORD
-from tests.emulator.runners import LoadAborted, Runner
+from tests.emulator.runners import LoadAborted, LoadFailed, Runner
 from tests.emulator.state import Emulator
 from tests.emulator.streaming import ClientGone, Dropped, EventStream
 
@@ -75,18 +75,23 @@ async def runner_for(request: web.Request, inf: Inference, mode: str) -> AsyncIt
     """Acquire (lazily loading) the runner, apply the first-byte delay, and release it afterwards."""
     record = request.get(RECORD)
     saw_loading = False
+    key = (inf.backend, inf.model.tag, mode)
+    if inf.emulator.config.loading_503 and not inf.emulator.runners.loaded(key):
+        if key not in inf.emulator.runners.runners:
+            inf.emulator.start_background(inf.emulator.runners.preload(key, inf.requested))
+        raise StillLoading()
 
     def on_loading() -> None:
         nonlocal saw_loading
         saw_loading = True
 
     try:
-        runner = await inf.emulator.runners.acquire((inf.backend, inf.model.tag, mode), inf.requested, on_loading)
+        runner = await inf.emulator.runners.acquire(key, inf.requested, on_loading)
     except asyncio.CancelledError:
         if record is not None and saw_loading:
             record.disconnected_during_load = True
         raise
-    except LoadAborted as exc:
+    except (LoadAborted, LoadFailed) as exc:
         raise DmrError(500, f"unable to load runner: {exc}") from None
     try:
         runner.requests += 1

@@ -156,9 +156,11 @@ async def configure(request: web.Request) -> web.Response:
         raise DmrError(409, "runner already active")
     mode = body.get("mode") if body.get("mode") in ("completion", "embedding") else "completion"
     backend = engine or "llama.cpp"
+    if keep_alive is not None:
+        em.runners.keep_alive_by_tag[model.tag] = keep_alive
     # A reconfigure replaces the idle runner, as DMR restarts it with the new settings.
     em.runners.unload(all_=False, tags={model.tag})
-    em.start_background(em.runners.preload((backend, model.tag, str(mode)), name, keep_alive))
+    em.start_background(em.runners.preload((backend, model.tag, str(mode)), name))
     return web.Response(status=202)
 
 

@@ -22,6 +22,10 @@ class LoadAborted(Exception):
     """The load this request waited on was aborted (every other waiter went away, or an unload)."""
 
 
+class LoadFailed(Exception):
+    """The runner could not start (the `fail_models` switch: llama.cpp exits during the load)."""
+
+
 def go_duration(seconds: float) -> str:
     """Format like Go's time.Duration.String(): 600 -> `10m0s`, 90.5 -> `1m30.5s`."""
     if seconds == 0:
@@ -97,7 +101,9 @@ class Runners:
         keep_alive_s: Callable[[], float],
         max_runners: Callable[[], int],
         counters: dict[str, int],
+        load_error: Callable[[str], str | None] = lambda tag: None,
     ) -> None:
+        self._load_error = load_error
         self._load_time_s = load_time_s
         self._keep_alive_s = keep_alive_s
         self._max_runners = max_runners
@@ -132,7 +138,7 @@ class Runners:
         except asyncio.CancelledError:
             self._drop_ref_during_load(runner)
             raise
-        except LoadAborted:
+        except (LoadAborted, LoadFailed):
             runner.refs -= 1
             raise
         runner.last_used = time.time()
@@ -145,12 +151,15 @@ class Runners:
             self._schedule_expiry(runner)
         self._notify()
 
-    async def preload(self, key: Key, model_name: str, keep_alive_s: float | None) -> None:
-        """Load without a request (`_configure`); the runner is idle once loaded."""
-        if keep_alive_s is not None:
-            self.keep_alive_by_tag[key[1]] = keep_alive_s
-        runner = await self.acquire(key, model_name)
-        await self.release(runner)
+    async def preload(self, key: Key, model_name: str) -> None:
+        """Load without a request (`_configure`, old DMR's 503 mode); the runner is idle once loaded."""
+        with contextlib.suppress(LoadAborted, LoadFailed):
+            runner = await self.acquire(key, model_name)
+            await self.release(runner)
+
+    def loaded(self, key: Key) -> bool:
+        runner = self.runners.get(key)
+        return runner is not None and not runner.loading
 
     def unload(self, *, all_: bool, tags: set[str], backend: str | None = None) -> int:
         """Unload idle runners matching; busy ones stay. Returns how many were unloaded."""
@@ -213,6 +222,16 @@ class Runners:
 
     async def _load(self, runner: Runner) -> None:
         await asyncio.sleep(self._load_time_s(runner.tag))
+        error = self._load_error(runner.tag)
+        if error is not None:
+            self._counters["loads_failed"] += 1
+            if self.runners.get(runner.key) is runner:
+                del self.runners[runner.key]
+            if runner.ready is not None and not runner.ready.done():
+                runner.ready.set_exception(LoadFailed(error))
+                runner.ready.exception()  # mark retrieved: waiters may all be gone
+            self._notify()
+            return
         runner.loading = False
         runner.last_used = time.time()
         self._counters["loads_completed"] += 1

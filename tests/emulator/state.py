@@ -23,6 +23,7 @@ COUNTERS = (
     "loads_started",
     "loads_completed",
     "loads_aborted",
+    "loads_failed",
     "evictions",
     "unloads",
     "pulls",
@@ -83,11 +84,19 @@ class Emulator:
             keep_alive_s=lambda: self.config.keep_alive_s,
             max_runners=lambda: self.config.max_runners,
             counters=self.counters,
+            load_error=self.load_error,
         )
 
     def load_time_s(self, tag: str) -> float:
         per_model = {normalise(k): v for k, v in self.config.model_load_time_ms.items()}
         return per_model.get(tag, self.config.load_time_ms) / 1000.0
+
+    def load_error(self, tag: str) -> str | None:
+        if tag in {normalise(m) for m in self.config.fail_models}:
+            return (
+                f"error waiting for runner to be ready: llama.cpp terminated unexpectedly: failed to load model {tag}"
+            )
+        return None
 
     def record(self, record: RequestRecord) -> RequestRecord:
         self.log.append(record)

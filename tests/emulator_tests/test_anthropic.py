@@ -75,13 +75,15 @@ async def test_max_tokens_stop_reason(start_emulator: StartEmulator) -> None:
     assert message.usage.output_tokens == 2
 
 
-async def test_count_tokens(emu: EmulatorServer) -> None:
+async def test_count_tokens(http: aiohttp.ClientSession, emu: EmulatorServer) -> None:
     async with client(emu) as c:
         short = await c.messages.count_tokens(model="ai/smollm2", messages=MESSAGES)
         long = await c.messages.count_tokens(
             model="ai/smollm2", messages=[{"role": "user", "content": "word " * 200}], system="Be brief."
         )
     assert 0 < short.input_tokens < long.input_tokens
+    async with http.get(f"{emu.admin_url}/_emulator/state") as resp:
+        assert (await resp.json())["loaded"] == ["ai/smollm2:latest"]  # it went through the scheduler
 
 
 async def test_errors_are_anthropic_shaped(http: aiohttp.ClientSession, emu: EmulatorServer) -> None:

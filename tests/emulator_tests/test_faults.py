@@ -112,6 +112,9 @@ async def test_status_faults_answer_like_dmr(http: aiohttp.ClientSession, emu: E
             assert (await resp.text()).startswith(text)
     async with http.post(emu.url + CHAT, json=chat_body()) as resp:
         assert resp.status == 200  # count used up
+    await fault(http, emu, mode="status", status=500, message="unable to load runner: out of memory", count=1)
+    async with http.post(emu.url + CHAT, json=chat_body()) as resp:
+        assert (await resp.text()).strip() == "unable to load runner: out of memory"
 
 
 async def test_429_carries_retry_after(http: aiohttp.ClientSession, emu: EmulatorServer) -> None:

@@ -179,3 +179,31 @@ async def test_client_leaving_mid_stream_stops_generation(
     assert state["counters"]["disconnects"] == 1
     # the runner was released: idle again, not in use
     assert "in_use" not in (await ps(http, emu))[0]
+
+
+async def test_old_dmr_answers_503_while_loading(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
+    emu = await start_emulator(loading_503=True, load_time_ms=300)
+    url = f"{emu.url}/engines/v1/chat/completions"
+    async with http.post(url, json=chat_body()) as resp:
+        assert resp.status == 503
+        assert await resp.json() == {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+    # the first request started the load: the model becomes ready without another request
+
+    async def loaded() -> bool:
+        return bool((await admin_get(http, emu, "state"))["loaded"])
+
+    await wait_for(loaded, what="the background load")
+    assert "Hello from dmr" in await post_chat(http, emu.url)
+    assert (await admin_get(http, emu, "state"))["counters"]["loads_started"] == 1
+
+
+async def test_failing_model_load_is_500(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
+    emu = await start_emulator(models=["ai/smollm2", "ai/qwen3"], fail_models=["qwen3"])
+    async with http.post(f"{emu.url}/engines/v1/chat/completions", json=chat_body("ai/qwen3")) as resp:
+        assert resp.status == 500
+        assert resp.content_type == "text/plain"
+        assert (await resp.text()).startswith("unable to load runner: ")
+    state = await admin_get(http, emu, "state")
+    assert state["runners"] == []
+    assert state["counters"]["loads_failed"] == 1
+    assert "Hello from dmr" in await post_chat(http, emu.url, "ai/smollm2")

@@ -164,3 +164,8 @@ async def test_cors_rejects_non_local_origins(http: aiohttp.ClientSession, start
     async with http.get(f"{emu.url}/engines/v1/models") as resp:
         assert resp.status == 200
         assert "Access-Control-Allow-Origin" not in resp.headers
+    preflight = {"Origin": "http://localhost:5173", "Access-Control-Request-Method": "POST"}
+    async with http.options(chat_url, headers=preflight) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
+        assert "POST" in resp.headers["Access-Control-Allow-Methods"]

@@ -33,6 +33,11 @@ class PulledModel(BaseModel):
     format: str | None = None
     size: str | None = None
     context_size: int | None = None
+    # Optional details from the same listing (`created` and `config.*`); the router's model lists show them.
+    created: int | None = None
+    architecture: str | None = None
+    parameters: str | None = None
+    quantization: str | None = None
 
 
 class LoadedModel(BaseModel):

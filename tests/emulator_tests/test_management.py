@@ -87,7 +87,7 @@ async def test_delete_model_in_use_conflicts(http: aiohttp.ClientSession, start_
 
 
 async def test_configure_preloads_in_background(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
-    emu = await start_emulator(load_time_ms=200)
+    emu = await start_emulator(load_time_ms=1500)
     body = {"model": "ai/smollm2", "context-size": 4096, "keep_alive": "10m"}
     async with http.post(f"{emu.url}/engines/_configure", json=body) as resp:
         assert resp.status == 202

@@ -23,7 +23,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from services.router.table import ModelRoute, RoutingTable, Target, Tier
+from services.router.table import Candidate, ModelRoute, RoutingTable, Target, Tier
 from shared.config import Balancer, RoutingStrategy
 from shared.names import normalise_model
 
@@ -47,15 +47,6 @@ class RouteRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Candidate:
-    target: Target
-    upstream_model: str | None  # body `model` rewritten for this endpoint (alias), None = send unchanged
-    unknown: bool = False  # chosen from unknown state (last resort)
-    blocked: bool = False  # circuit open / marked down, chosen because nothing else was left
-    full: bool = False  # at its concurrency limit when chosen
-
-
-@dataclass(frozen=True, slots=True)
 class Decision:
     model: str | None  # normalised requested model
     candidates: tuple[Candidate, ...]  # in the order to try (failover walks this list)
@@ -68,7 +59,11 @@ class Decision:
 
 @dataclass(slots=True)
 class _Walk:
-    """One request's filters and the candidates collected so far."""
+    """One request's filters and the candidates collected so far.
+
+    The walks never meet a target twice (known, fallback and unknown tiers are disjoint, and each later
+    walk runs only when the earlier ones found nothing), so no "seen" set is needed.
+    """
 
     balancer: Balancer
     inflight: Mapping[str, int]
@@ -81,15 +76,12 @@ class _Walk:
     allow_blocked: bool = False
     unknown: bool = False  # candidates collected now are from unknown state
     filter_model: str | None = None  # fallback walks: the model filter must allow this name
-    upstream: Mapping[str, str] = field(default_factory=dict)
+    route: ModelRoute | None = None  # the route whose upstream names (and memo) apply
     rewrite_to: str | None = None
     room: list[Candidate] = field(default_factory=list)
     full: list[Candidate] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
 
     def accepts(self, target: Target) -> bool:
-        if target.name in self.seen:
-            return False
         if not self.allow_blocked and target.name in self.blocked:
             return False
         if self.engine is not None and not _engine_ok(target, self.engine):
@@ -99,17 +91,21 @@ class _Walk:
     def has_room(self, target: Target) -> bool:
         return target.max_concurrent <= 0 or self.inflight.get(target.name, 0) < target.max_concurrent
 
-    def add(self, target: Target) -> None:
-        self.seen.add(target.name)
-        room = self.has_room(target)
-        candidate = Candidate(
-            target=target,
-            upstream_model=self.upstream.get(target.name, self.rewrite_to),
-            unknown=self.unknown,
-            blocked=target.name in self.blocked,
-            full=not room,
-        )
+    def add(self, target: Target, room: bool) -> None:
+        blocked = self.allow_blocked and target.name in self.blocked
+        route = self.route
+        if route is not None and self.rewrite_to is None:
+            key = (target.name, self.unknown, blocked, not room)
+            candidate = route.memo.get(key)
+            if candidate is None:
+                candidate = route.memo[key] = self._candidate(target, room, blocked)
+        else:
+            candidate = self._candidate(target, room, blocked)
         (self.room if room else self.full).append(candidate)
+
+    def _candidate(self, target: Target, room: bool, blocked: bool) -> Candidate:
+        upstream = self.route.upstream.get(target.name, self.rewrite_to) if self.route is not None else None
+        return Candidate(target, upstream or self.rewrite_to, self.unknown, blocked, not room)
 
     @property
     def done(self) -> bool:
@@ -129,8 +125,8 @@ def _engine_ok(target: Target, engine: str) -> bool:
     return target.engines.get(engine, "").strip().lower().startswith("running")
 
 
-def _order_tier(tier: Tier, walk: _Walk, need: int) -> list[Target]:
-    """The tier's acceptable targets in balancer order; stops once `need` of them have room."""
+def _order_tier(tier: Tier, walk: _Walk, need: int) -> list[tuple[Target, bool]]:
+    """The tier's acceptable targets in balancer order, each with "has room"; stops once `need` have room."""
     members = tier.targets
     count = len(members)
     if walk.balancer is Balancer.LEAST_CONNECTIONS:
@@ -144,37 +140,39 @@ def _order_tier(tier: Tier, walk: _Walk, need: int) -> list[Target]:
             usable = [i for i, t in enumerate(members) if walk.accepts(t) and walk.has_room(t)]
             if usable:
                 start = walk.rng.choice(usable)
-    out: list[Target] = []
+    out: list[tuple[Target, bool]] = []
     with_room = 0
     for offset in range(count):
         target = members[(start + offset) % count]
         if walk.accepts(target):
-            out.append(target)
-            if walk.has_room(target):
+            room = walk.has_room(target)
+            out.append((target, room))
+            if room:
                 with_room += 1
                 if with_room >= need:
                     break
     return out
 
 
-def _least_connections(members: tuple[Target, ...], walk: _Walk, need: int) -> list[Target]:
+def _least_connections(members: tuple[Target, ...], walk: _Walk, need: int) -> list[tuple[Target, bool]]:
     count = len(members)
     start = walk.rotation % count
-    # Fast path: idle targets are the least loaded; `need` of them in rotation order settle it.
-    idle: list[Target] = []
+    inflight = walk.inflight
+    # Fast path: idle targets are the least loaded (and have room); `need` of them in rotation order settle it.
+    idle: list[tuple[Target, bool]] = []
     for offset in range(count):
         target = members[(start + offset) % count]
-        if walk.accepts(target) and walk.inflight.get(target.name, 0) == 0:
-            idle.append(target)
+        if inflight.get(target.name, 0) == 0 and walk.accepts(target):
+            idle.append((target, True))
             if len(idle) >= need:
                 return idle
     scored = [
-        (walk.inflight.get(target.name, 0), offset, target)
+        (inflight.get(target.name, 0), offset, target)
         for offset in range(count)
         if walk.accepts(target := members[(start + offset) % count])
     ]
     scored.sort(key=lambda item: (item[0], item[1]))
-    return [target for _, _, target in scored]
+    return [(target, walk.has_room(target)) for _, _, target in scored]
 
 
 def _walk_tiers(tiers: Sequence[Tier], walk: _Walk) -> None:
@@ -185,34 +183,33 @@ def _walk_tiers(tiers: Sequence[Tier], walk: _Walk) -> None:
         mixed = walk.prefer_native and len({t.anthropic_native for t in tier.targets}) > 1
         ordered = _order_tier(tier, walk, len(tier.targets) if mixed else need)
         if mixed:
-            ordered = [t for t in ordered if t.anthropic_native] + [t for t in ordered if not t.anthropic_native]
-        for target in ordered:
-            walk.add(target)
+            ordered = [o for o in ordered if o[0].anthropic_native] + [o for o in ordered if not o[0].anthropic_native]
+        for target, room in ordered:
+            walk.add(target, room)
 
 
 def _plan(table: RoutingTable, route: ModelRoute | None, model: str, fallback: bool, walk: _Walk) -> str | None:
     """Collect candidates into `walk`; return the mode for the reason, or None when nothing was found."""
-    # What an endpoint that lists none of the names is sent, and what its model filter must allow.
+    # What an endpoint that lists none of the names is sent (aliases), and what its model filter must allow.
     rewrite_to = route.rewrite_to if route is not None else None
     fallback_name = normalise_model(rewrite_to) if rewrite_to else model
-    upstream = route.upstream if route is not None else {}
+    walk.route = route
     if route is not None:
-        walk.upstream, walk.rewrite_to = upstream, None
         _walk_tiers(route.known, walk)
         if walk.found:
             return walk.balancer.value
     if fallback:
-        walk.upstream, walk.rewrite_to, walk.filter_model = upstream, rewrite_to, fallback_name
+        walk.rewrite_to, walk.filter_model = rewrite_to, fallback_name
         _walk_tiers(table.fallback.lazy, walk)
         _walk_tiers(table.fallback.rest, walk)
         if walk.found:
             return "optimistic"
     walk.unknown = True
     if route is not None:
-        walk.upstream, walk.rewrite_to, walk.filter_model = upstream, None, None
+        walk.rewrite_to, walk.filter_model = None, None
         _walk_tiers(route.unknown, walk)
     if fallback and not walk.found:
-        walk.upstream, walk.rewrite_to, walk.filter_model = upstream, rewrite_to, fallback_name
+        walk.rewrite_to, walk.filter_model = rewrite_to, fallback_name
         _walk_tiers(table.fallback.unknown, walk)
     return "unknown-state" if walk.found else None
 

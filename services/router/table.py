@@ -63,6 +63,17 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    """A target chosen for one request (defined here so routes can memoise them; `routing` re-exports it)."""
+
+    target: Target
+    upstream_model: str | None  # body `model` rewritten for this endpoint (alias), None = send unchanged
+    unknown: bool = False  # chosen from unknown state (last resort)
+    blocked: bool = False  # circuit open / marked down, chosen because nothing else was left
+    full: bool = False  # at its concurrency limit when chosen
+
+
+@dataclass(frozen=True, slots=True)
 class Tier:
     """Targets of one priority and one health class (healthy or busy), sorted by name for stable rotation."""
 
@@ -81,6 +92,9 @@ class ModelRoute:
     upstream: Mapping[str, str]  # alias only: target name -> the real name to send that target
     rewrite_to: str | None = None  # alias only: the name to send an endpoint that lists none of the real names
     members: tuple[Target, ...] = ()  # every target serving it, any status, priority desc
+    # Candidates built so far, by (target, unknown, blocked, full): memoised because building a frozen
+    # dataclass costs more than the rest of a routing decision. Filling it changes no observable value.
+    memo: dict[tuple[str, bool, bool, bool], Candidate] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

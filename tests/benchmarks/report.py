@@ -9,6 +9,7 @@ from typing import Any
 PIER = "pier"  # the setting the targets speak of (telemetry off)
 PIER_OTEL = "pier-otel"
 NA = "-"  # not applicable / not measured
+NOISY_SHARE = 0.25  # busy CPU outside the benchmark above this (of one core) marks the run as noisy
 
 
 def _median(values: list[float]) -> float | None:
@@ -106,6 +107,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"per repetition. Pinning: load generator + upstreams on core {meta['pinning']['loadgen']}, "
         f"proxy on core {meta['pinning']['proxy']}. Load average {meta['loadavg_start']} -> "
         f"{meta.get('loadavg_end', '?')}.",
+        *_noise_note(summary),
         "",
         "### Non-streaming chat completion",
         "",
@@ -156,6 +158,19 @@ def markdown(results: dict[str, Any]) -> str:
     for name, why in results.get("unavailable", {}).items():
         lines.append(f"\n`{name}` not measured: {why}")
     return "\n".join(lines) + "\n"
+
+
+def _noise_note(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """A warning when other work used the CPUs during the run (the 'other load' column)."""
+    shares = [row.get("foreign_cpu_share") or 0.0 for row in summary.values()]
+    worst = max(shares, default=0.0)
+    if worst < NOISY_SHARE:
+        return []
+    return [
+        "",
+        f"**Noisy run:** other work on the machine used up to {100 * worst:.0f} % of a core during the load runs "
+        "(column 'other load'); absolute figures are depressed and ratios less certain. Rerun on a quiet machine.",
+    ]
 
 
 def _ms(us: float | None) -> float | None:

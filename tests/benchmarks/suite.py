@@ -117,11 +117,19 @@ def _start_all(
                 targets.append(pier_stack.router(setting))
         except AssertionError as exc:  # harness.Timeout: a process did not come up; its output is in the message
             for setting in settings:
-                unavailable.setdefault(setting.name, str(exc).splitlines()[0][:300])
+                unavailable.setdefault(setting.name, _gist(str(exc)))
             print(f"Pier did not start: {str(exc)[:3000]}", flush=True)
     for name, why in unavailable.items():
         print(f"skipping {name}: {why}", flush=True)
     return targets
+
+
+def _gist(message: str) -> str:
+    """The first line of a failure and its last non-empty one (usually the exception that caused it)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return "unknown failure"
+    return lines[0][:200] + ("" if len(lines) == 1 else f" ... {lines[-1][:200]}")
 
 
 def _upstream_figures(up: contenders.Upstreams, workdir: Path, plan: measure.Plan) -> dict[str, Any]:

@@ -22,6 +22,7 @@ CLI flags (each also settable at run time through `POST /_emulator/config`, key 
   --allowed-origins ''            extra CORS origins ('*' = any); local origins are always allowed
   --loading-503                   old DMR: while a model loads, answer llama.cpp's 503 `Loading model` (the first
                                   request starts the load in the background)
+  --log-limit 20000               request log keeps the newest N records
   --fail-models ai/qwen3          these models' loads fail: 500 `unable to load runner: …`
   --host 127.0.0.1, --port N, --admin-port N (admin routes only; keeps answering during `refuse`)
 

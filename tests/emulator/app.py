@@ -73,7 +73,7 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.path.startswith(ADMIN_PREFIX):
         return await handler(request)
     em = request.app[EMULATOR]
-    record = em.record(await _record(request, len(em.log) + 1))
+    record = em.record(await _record(request, em.counters["requests"] + 1))
     request[RECORD] = record
     try:
         response = await _serve(request, handler, em, record)

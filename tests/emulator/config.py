@@ -45,6 +45,8 @@ class EmulatorConfig:
     allowed_origins: list[str] = field(default_factory=list)
     # Old DMR (<= v1.0.10): requests for a model still loading get llama.cpp's 503 `Loading model`.
     loading_503: bool = False
+    # The request log keeps the newest this many records (counters count them all).
+    log_limit: int = 20000
     # Models whose load fails (500 `unable to load runner: …`), e.g. too large for the machine.
     fail_models: list[str] = field(default_factory=list)
 
@@ -75,12 +77,14 @@ class EmulatorConfig:
             raise ConfigError("max_runners: must be >= 1")
         if self.chunks < 1:
             raise ConfigError("chunks: must be >= 1")
+        if self.log_limit < 0:
+            raise ConfigError("log_limit: must be >= 0")
         for key in ("load_time_ms", "chunk_interval_ms", "first_byte_delay_ms", "pull_time_ms"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0")
 
 
-_INT_KEYS = {"max_runners", "chunks"}
+_INT_KEYS = {"max_runners", "chunks", "log_limit"}
 _OPTIONAL_STR_KEYS = {"pull_error"}
 
 
@@ -144,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", default=",".join(d.engines))
     p.add_argument("--allowed-origins", default="", help="extra CORS origins ('*' allows any)")
     p.add_argument("--loading-503", action="store_true", help="old DMR: 503 `Loading model` while loading")
+    p.add_argument("--log-limit", type=int, default=d.log_limit, help="request log records kept")
     p.add_argument("--fail-models", default="", help="models whose load fails with 500")
     return p
 
@@ -173,6 +178,7 @@ def from_args(argv: list[str] | None = None) -> EmulatorConfig:
         allowed_origins=_split(ns.allowed_origins),
         loading_503=ns.loading_503,
         fail_models=_split(ns.fail_models),
+        log_limit=ns.log_limit,
     )
     try:
         config.validate()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -69,7 +70,7 @@ class Emulator:
     config: EmulatorConfig
     catalog: Catalog = field(default_factory=Catalog)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    log: list[RequestRecord] = field(default_factory=list)
+    log: deque[RequestRecord] = field(default_factory=deque)
     fault: Fault = field(default_factory=Fault)
     listener: ListenerControl | None = None
     started_at: float = field(default_factory=time.time)
@@ -100,6 +101,9 @@ class Emulator:
 
     def record(self, record: RequestRecord) -> RequestRecord:
         self.log.append(record)
+        # Long benchmarks would grow the log without bound: keep the newest `log_limit` records.
+        while len(self.log) > self.config.log_limit:
+            self.log.popleft()
         self.counters["requests"] += 1
         return record
 

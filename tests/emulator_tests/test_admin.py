@@ -97,3 +97,14 @@ async def test_reset(http: aiohttp.ClientSession, emu: EmulatorServer) -> None:
     assert all(value == 0 for value in state["counters"].values())
     assert await admin_get(http, emu, "requests") == []
     assert await ps(http, emu) == []
+
+
+async def test_log_limit_keeps_the_newest(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
+    emu = await start_emulator(log_limit=3)
+    for i in range(5):
+        async with http.get(f"{emu.url}/engines/v1/models?n={i}") as resp:
+            assert resp.status == 200
+    log = await admin_get(http, emu, "requests")
+    assert [r["query"]["n"] for r in log] == ["2", "3", "4"]
+    assert [r["id"] for r in log] == [3, 4, 5]
+    assert (await admin_get(http, emu, "state"))["counters"]["requests"] == 5

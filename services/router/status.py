@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from services.router import listing
+import services.router.listing as listing
 from services.router.circuit import Circuits
 from services.router.errors import ManagementNotProxied, ModelNotFound
 from services.router.runtime import Runtime

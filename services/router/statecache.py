@@ -40,6 +40,7 @@ BACKOFF_MAX_S = 5.0
 LOCAL_DOWN_S = 10.0  # how long a passive mark-down holds when the health worker says nothing newer
 MAX_PENDING_SIGNALS = 32
 EVENTS_PER_READ = 500
+COMMAND_TIMEOUT_S = 10.0  # a Redis reply later than this (beyond a blocking read's own wait) is an outage
 
 
 @dataclass(slots=True)
@@ -122,7 +123,9 @@ class StateCache:
         while not self._stop.is_set():
             try:
                 await self._follow()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, ValidationError) as exc:
+                # ValidationError: a state key that is not an EndpointState (a foreign writer); retried like an
+                # outage, since the health worker rewrites every key within its TTL.
                 if self._connected or self.stats.reconnects == 0:
                     log.warning("redis unavailable, routing on the last snapshot: %s", exc)
                 self._disconnected()
@@ -218,16 +221,19 @@ class StateCache:
         redis = self._client()
         # Every (re)connect reads all states (an outage may have hidden expiries), but keeps the tail position
         # unless the stream no longer holds it: events written while we were away are then still applied.
-        trimmed = self._snapshotted and await statestore.trimmed_past(redis, self._last_id)
+        trimmed = self._snapshotted and await asyncio.wait_for(
+            statestore.trimmed_past(redis, self._last_id), timeout=COMMAND_TIMEOUT_S
+        )
         self._set_connected()
         await self._snapshot(redis, full=not self._snapshotted or trimmed)
         while not self._stop.is_set():
             self._expire_local_down()
-            wait_s = self._due_in_s()
-            if wait_s <= 0:
+            resync_in_s = self._due_in_s()
+            if resync_in_s <= 0:
                 await self._snapshot(redis, full=False)
                 continue
-            entries = await self._read_events(redis, block_ms=max(1, min(self._block_ms, int(wait_s * 1000))))
+            wake_in_s = min(resync_in_s, self._local_down_ends_in_s())
+            entries = await self._read_events(redis, block_ms=max(1, min(self._block_ms, int(wake_in_s * 1000))))
             if entries:
                 self._apply(entries)
 
@@ -238,6 +244,10 @@ class StateCache:
             due = min(due, self._next_expiry - time.time())
         return due
 
+    def _local_down_ends_in_s(self) -> float:
+        now = time.time()
+        return min((until - now for _, until in self._local_down.values()), default=math.inf)
+
     async def _pause(self, delay_s: float) -> None:
         """Sleep for the backoff, waking early on stop; local mark-downs still end on time meanwhile."""
         deadline = time.monotonic() + delay_s
@@ -245,15 +255,18 @@ class StateCache:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            ends = [until - time.time() for _, until in self._local_down.values()]
-            step = min([remaining, *[max(0.0, e) for e in ends]])
+            step = min(remaining, max(0.0, self._local_down_ends_in_s()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=step)
             self._expire_local_down()
 
     async def _read_events(self, redis: Redis, *, block_ms: int) -> list[tuple[str, Event | None]]:
         """Entries after the last applied id; a malformed entry is returned as None (skipped, never fatal)."""
-        reply: Any = await redis.xread({keys.EVENTS: self._last_id}, count=EVENTS_PER_READ, block=block_ms)
+        # The socket has no read timeout (the blocking read is the timeout): guard against a silent dead peer.
+        reply: Any = await asyncio.wait_for(
+            redis.xread({keys.EVENTS: self._last_id}, count=EVENTS_PER_READ, block=block_ms),
+            timeout=block_ms / 1000 + COMMAND_TIMEOUT_S,
+        )
         out: list[tuple[str, Event | None]] = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -268,7 +281,7 @@ class StateCache:
 
     async def _snapshot(self, redis: Redis, *, full: bool) -> None:
         """Read every state. `full` also moves the tail position (start, or the stream lost our id)."""
-        snapshot = await statestore.read_snapshot(redis)
+        snapshot = await asyncio.wait_for(statestore.read_snapshot(redis), timeout=COMMAND_TIMEOUT_S)
         now = time.time()
         merged: dict[str, EndpointState] = {}
         for name, fresh in snapshot.endpoints.items():

@@ -174,6 +174,19 @@ async def test_a_malformed_event_is_skipped(redis_url: str, redis: Redis) -> Non
         assert cache.connected
 
 
+async def test_a_corrupt_state_key_is_retried_not_fatal(redis_url: str, redis: Redis) -> None:
+    await statestore.write_endpoint_state(redis, live_state("a"))
+    await redis.set(keys.endpoint_state("b"), "not a state")
+    await redis.zadd(keys.ENDPOINT_INDEX, {"b": time.time()})
+    cache = StateCache(two_endpoints(), redis_url, resync_interval_s=3600, block_ms=200)
+    async with running(cache):
+        await wait_for(lambda: cache.stats.reconnects >= 1, timeout_s=DEADLINE_S, what="a failed snapshot")
+        await report(redis, live_state("b"))  # the health worker rewrites the key
+        await wait_for(lambda: cache.table.targets["b"].routable, timeout_s=DEADLINE_S, what="recovery")
+        assert cache.table.targets["a"].routable
+        assert cache.connected
+
+
 async def test_subscribers_see_every_swap(redis_url: str, redis: Redis) -> None:
     seen: list[RoutingTable] = []
     cache = StateCache(two_endpoints(), redis_url, resync_interval_s=3600, block_ms=200)

@@ -54,6 +54,7 @@ class _Meter:
             "upstream_cpu_us_per_req": upstream * per,
             "aux_cpu_us_per_req": aux * per,
             "proxy_cpu_share": proxy / wall if wall else 0.0,
+            "wall_s": wall,
             # Busy CPU that none of the benchmark's processes used: other work on the machine (noise).
             "foreign_cpu_share": max(0.0, system - proxy - upstream - aux - loadgen) / wall if wall else 0.0,
         }
@@ -113,7 +114,11 @@ def round_of(target: Target, upstream_roots: list[int], script: Path, plan: Plan
     }
 
 
-def warm_up(target: Target, script: Path, plan: Plan) -> None:
+def warm_up_json(target: Target, script: Path, plan: Plan) -> None:
     """Open pools and fill caches before anything is recorded."""
     wrk.run(target.json_url, script, connections=min(8, plan.connections), duration_s=1, cpus=plan.cores.loadgen)
+
+
+def warm_up(target: Target, script: Path, plan: Plan) -> None:
+    warm_up_json(target, script, plan)
     asyncio.run(run_streams(target.sse_url, SSE_BODY, count=2, headers=target.headers))

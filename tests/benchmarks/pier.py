@@ -47,7 +47,7 @@ def available() -> str | None:
     return None
 
 
-def config_text(endpoints: list[tuple[str, str]]) -> str:
+def config_text(endpoints: list[tuple[str, str]], check_interval: str = CHECK_INTERVAL) -> str:
     """A Pier config file listing `(name, url)` DMR endpoints."""
     return yaml.safe_dump(
         {
@@ -56,7 +56,7 @@ def config_text(endpoints: list[tuple[str, str]]) -> str:
                     "name": name,
                     "url": url,
                     "type": "docker-model-runner",
-                    "check_interval": CHECK_INTERVAL,
+                    "check_interval": check_interval,
                     "max_concurrent_requests": ENDPOINT_MAX_CONCURRENT,
                 }
                 for name, url in endpoints
@@ -119,11 +119,12 @@ def stack(
     endpoints: list[tuple[str, str]],
     *,
     otlp: bool = False,
+    check_interval: str = CHECK_INTERVAL,
 ) -> Iterator[PierStack]:
     """Start redis-server and the health worker for `endpoints`; stop Redis on exit (procs stops the rest)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "pier.yaml"
-    config_file.write_text(config_text(endpoints))
+    config_file.write_text(config_text(endpoints, check_interval))
     redis = start_redis(workdir=workdir)
     try:
         pier = PierStack(procs, workdir, cores, redis, config_file)

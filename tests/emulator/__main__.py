@@ -32,6 +32,7 @@ async def _run(server: EmulatorServer) -> None:
 def main(argv: list[str] | None = None) -> None:
     config = from_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The default loop on purpose: the in-process tests run on it, so the process behaves the same.
     asyncio.run(_run(EmulatorServer(config)))
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from tests.emulator.admin import build_admin_app
@@ -76,9 +74,11 @@ class EmulatorServer:
 
 
 def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here; the bound port of port 0 lives on it
-    assert isinstance(server, asyncio.Server)
-    return int(server.sockets[0].getsockname()[1])
+    # aiohttp keeps the (asyncio or uvloop) server here; the bound port of port 0 lives on its sockets.
+    sockets = getattr(site._server, "sockets", None)
+    if not sockets:
+        raise RuntimeError("the listener has no socket")
+    return int(sockets[0].getsockname()[1])
 
 
 def _connect_host(host: str) -> str:

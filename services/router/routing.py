@@ -180,7 +180,7 @@ def _walk_tiers(tiers: Sequence[Tier], walk: _Walk) -> None:
         if walk.done:
             return
         need = walk.limit - len(walk.room)
-        mixed = walk.prefer_native and len({t.anthropic_native for t in tier.targets}) > 1
+        mixed = walk.prefer_native and tier.mixed_native
         ordered = _order_tier(tier, walk, len(tier.targets) if mixed else need)
         if mixed:
             ordered = [o for o in ordered if o[0].anthropic_native] + [o for o in ordered if not o[0].anthropic_native]

@@ -80,6 +80,7 @@ class Tier:
     priority: int
     busy: bool
     targets: tuple[Target, ...]
+    mixed_native: bool = False  # some targets have the native Anthropic route and some don't
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +251,9 @@ def _group(targets: list[Target], *, busy: bool) -> tuple[Tier, ...]:
     start = 0
     for index in range(1, len(targets) + 1):
         if index == len(targets) or targets[index].priority != targets[start].priority:
-            tiers.append(Tier(targets[start].priority, busy, tuple(targets[start:index])))
+            members = tuple(targets[start:index])
+            mixed = len({t.anthropic_native for t in members}) > 1
+            tiers.append(Tier(targets[start].priority, busy, members, mixed_native=mixed))
             start = index
     return tuple(tiers)
 

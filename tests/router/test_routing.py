@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -591,3 +591,38 @@ def test_balancer_and_strategy_come_from_the_arguments_not_the_config() -> None:
     )
     assert order(decision) == ["a"]
     assert decision.reason.startswith("optimistic;")
+
+
+class CountingInflight(Mapping[str, int]):
+    """An in-flight map that counts lookups: how many targets `select` looked at."""
+
+    def __init__(self, values: dict[str, int]) -> None:
+        self._values = values
+        self.lookups = 0
+
+    def __getitem__(self, key: str) -> int:
+        self.lookups += 1
+        return self._values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.lookups += 1
+        return self._values.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+@pytest.mark.parametrize("balancer", ["priority", "round-robin", "least-connections"])
+def test_select_looks_at_the_same_number_of_targets_for_10_or_200_endpoints(balancer: str) -> None:
+    looked: dict[int, int] = {}
+    for count in (10, 200):
+        cfg, table = _tier_of(count, balancer, max_concurrent_requests=4)
+        inflight = CountingInflight({f"e{i}": i % 2 for i in range(count)})
+        for rotation in range(50):
+            decision = decide(cfg, {}, SMOL, table=table, inflight=inflight, rotation=rotation)
+            assert len(decision.candidates) == 8
+        looked[count] = inflight.lookups
+    assert looked[200] <= looked[10] * 1.2, looked

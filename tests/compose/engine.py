@@ -244,11 +244,21 @@ class ComposeProject:
         argv = [self.engine.compose_bin, "--project-name", self.name]
         for path in self.files:
             argv += ["--file", str(path)]
-        return _run([*argv, *args], timeout_s=timeout_s, env={**self.engine.env, **self.env}, cwd=ROOT, check=check)
+        # The caller's own PIER_*/OTEL_*/COMPOSE_* settings must not leak into the project under test.
+        env = {k: v for k, v in self.engine.env.items() if not k.startswith(("PIER_", "OTEL_", "COMPOSE_"))}
+        return _run([*argv, *args], timeout_s=timeout_s, env={**env, **self.env}, cwd=ROOT, check=check)
 
     def container_ids(self, service: str, *, all_states: bool = False) -> list[str]:
         args = ["ps", "--quiet", *(["--all"] if all_states else []), service]
         return [line for line in self(*args, timeout_s=60).stdout.split() if line]
 
-    def logs(self, *services: str) -> str:
-        return self("logs", "--no-color", "--tail", "200", *services, timeout_s=60, check=False).stdout
+    def logs(self, *services: str, tail: int = 60) -> str:
+        return self("logs", "--no-color", "--tail", str(tail), *services, timeout_s=60, check=False).stdout
+
+    def health(self, service: str) -> list[str]:
+        """The Docker health status of each of the service's containers (`healthy`, `starting`, ...)."""
+        ids = self.container_ids(service)
+        if not ids:
+            return []
+        out = self.engine.docker("inspect", "--format", "{{.State.Health.Status}}", *ids, check=False).stdout
+        return out.split()

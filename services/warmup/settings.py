@@ -30,6 +30,8 @@ class WarmupSettings(CommonSettings):
     @field_validator("warmup_models", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(normalise_model(part) for part in value.split(",") if part.strip())
+        # From the environment it is one comma-separated string; in code, any sequence of names.
+        parts = value.split(",") if isinstance(value, str) else value
+        if isinstance(parts, list | tuple):
+            return tuple(normalise_model(str(part)) for part in parts if str(part).strip())
         return value

@@ -13,6 +13,7 @@ from services.warmup.plan import plan_preloads
 from services.warmup.settings import WarmupSettings
 from services.warmup.worker import WarmupWorker
 from shared import keys, statestore
+from shared.names import normalise_model
 from shared.state import EndpointState, EndpointStatus, EventKind, LoadedModel, WarmPhase
 from tests.harness import ROOT, ProcessFactory, wait_for, wait_for_sync
 
@@ -63,7 +64,7 @@ async def test_preloads_a_cold_model_and_records_it_warm(procs: ProcessFactory, 
             ps = await resp.json()
         async with http.get(f"{emulator.url}/_emulator/requests") as resp:
             received = await resp.json()
-    assert [r["model_name"] for r in ps] == ["ai/smollm2"]
+    assert [normalise_model(r["model_name"]) for r in ps] == ["ai/smollm2:latest"]
     assert not ps[0].get("loading", False)
     preloads = [r for r in received if r["path"] == "/engines/v1/chat/completions"]
     assert len(preloads) == 1

@@ -128,6 +128,8 @@ class StateCache:
                 # outage, since the health worker rewrites every key within its TTL.
                 if self._connected or self.stats.reconnects == 0:
                     log.warning("redis unavailable, routing on the last snapshot: %s", exc)
+                if self._connected:
+                    backoff_s = BACKOFF_MIN_S  # it worked until now: a new outage starts the backoff afresh
                 self._disconnected()
                 self.stats.reconnects += 1
                 await self._pause(backoff_s * (0.5 + self._rng.random() / 2))

@@ -124,9 +124,16 @@ class Engine:
     env: dict[str, str] = field(default_factory=dict)
 
     def docker(
-        self, *args: str, timeout_s: float = 120, check: bool = True, input_bytes: bytes | None = None
+        self,
+        *args: str,
+        timeout_s: float = 120,
+        check: bool = True,
+        input_bytes: bytes | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        return _run([DOCKER, *args], timeout_s=timeout_s, env=self.env, check=check, input_bytes=input_bytes)
+        """Run the Debian client; `env` adds variables (e.g. for `stack deploy` interpolation)."""
+        full_env = {**self.env, **(env or {})}
+        return _run([DOCKER, *args], timeout_s=timeout_s, env=full_env, check=check, input_bytes=input_bytes, cwd=ROOT)
 
     def answers(self) -> bool:
         return (

@@ -7,15 +7,19 @@ import asyncio
 import sys
 
 from services.health.settings import HealthSettings
-from services.health.worker import SERVICE, HealthWorker
 from shared.config import PierConfig
 from shared.lifecycle import install_uvloop, run_worker
 from shared.liveness import check
 from shared.logs import setup_logging
 from shared.startup import load_or_exit
 
+SERVICE = "health"
+
 
 async def _serve(settings: HealthSettings, config: PierConfig) -> None:
+    # Imported here so that `--check`, run every few seconds by the container healthcheck, stays light.
+    from services.health.worker import HealthWorker
+
     await run_worker(HealthWorker(settings, config=config))
 
 

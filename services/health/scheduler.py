@@ -2,13 +2,15 @@
 
 Each task probes, asks its tick for the wait until the next probe, and sleeps until then measured from
 when the probe *started*, so the interval is honoured however long the probe took. `poke()` wakes one
-task early (a router reported the endpoint down). The endpoint table is swapped whole by `update()`.
+task early (a router reported the endpoint down after its last probe started). The endpoint table is
+swapped whole by `update()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,8 +26,6 @@ Tick = Callable[[Endpoint], Awaitable[float]]
 # hundreds of endpoints do not fire in the same millisecond forever after.
 _SPREAD_FRACTION = 0.5
 _SPREAD_MAX_S = 1.0
-# A poke within this long of the last probe's start is ignored: one outage, many router reports.
-POKE_MIN_GAP_S = 0.5
 
 
 def first_delay_s(endpoint: Endpoint) -> float:
@@ -39,8 +39,7 @@ class _Slot:
     endpoint: Endpoint
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    probing: bool = False
-    last_started: float = float("-inf")
+    last_started_wall: float = float("-inf")  # unix time, comparable with a router's report
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +77,14 @@ class Scheduler:
             self._start(wanted[name])
         return TableChange(tuple(added), tuple(removed), tuple(changed))
 
-    def poke(self, name: str) -> bool:
-        """Probe this endpoint now (unless it is being probed or was just probed). True if woken."""
+    def poke(self, name: str, reported_at: float) -> bool:
+        """Probe this endpoint now, because something failed on it at `reported_at` (unix time).
+
+        Ignored when a probe started after that moment (it has seen, or is seeing, the failure) or one is
+        already due; many reports of one outage therefore cost one probe. True if a probe was woken.
+        """
         slot = self._slots.get(name)
-        if slot is None or slot.probing:
-            return False
-        if asyncio.get_running_loop().time() - slot.last_started < POKE_MIN_GAP_S:
+        if slot is None or slot.wake.is_set() or reported_at <= slot.last_started_wall:
             return False
         slot.wake.set()
         return True
@@ -120,8 +121,7 @@ class Scheduler:
                 pass
             slot.wake.clear()
             started = loop.time()
-            slot.last_started = started
-            slot.probing = True
+            slot.last_started_wall = time.time()
             try:
                 delay_s = await self._tick(slot.endpoint)
             except asyncio.CancelledError:
@@ -130,6 +130,4 @@ class Scheduler:
                 # A bug in one tick must not end this endpoint's probing; it is logged with its traceback.
                 log.exception("probe of %s failed unexpectedly", slot.endpoint.name)
                 delay_s = slot.endpoint.check_interval_s
-            finally:
-                slot.probing = False
             next_at = max(started + delay_s, loop.time())

@@ -20,8 +20,8 @@ BLOCK_MS = 5000
 _RETRY_S = 1.0
 
 
-def endpoint_down(fields: dict[str, Any]) -> str | None:
-    """The endpoint an `ENDPOINT_DOWN` signal names, or None for any other (or malformed) entry."""
+def endpoint_down(fields: dict[str, Any]) -> tuple[str, float] | None:
+    """(endpoint, when) of an `ENDPOINT_DOWN` signal, or None for any other (or malformed) entry."""
     raw = fields.get("event")
     if not isinstance(raw, str):
         return None
@@ -29,11 +29,11 @@ def endpoint_down(fields: dict[str, Any]) -> str | None:
         event = Event.model_validate_json(raw)
     except ValidationError:
         return None
-    return event.endpoint if event.kind is EventKind.ENDPOINT_DOWN else None
+    return (event.endpoint, event.at) if event.kind is EventKind.ENDPOINT_DOWN else None
 
 
-async def follow_signals(redis: RedisClient, poke: Callable[[str], bool]) -> None:
-    """Tail the signal stream from now on; `poke(endpoint)` for each endpoint reported down. Runs until cancelled."""
+async def follow_signals(redis: RedisClient, poke: Callable[[str, float], bool]) -> None:
+    """Tail the signal stream from now on; `poke(endpoint, reported_at)` for each report. Runs until cancelled."""
     position: str | None = None
     while position is None:
         try:
@@ -51,6 +51,6 @@ async def follow_signals(redis: RedisClient, poke: Callable[[str], bool]) -> Non
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 position = str(entry_id)
-                name = endpoint_down(fields)
-                if name is not None and poke(name):
-                    log.info("%s reported down by a router: probing now", name)
+                report = endpoint_down(fields)
+                if report is not None and poke(*report):
+                    log.info("%s reported down by a router: probing now", report[0])

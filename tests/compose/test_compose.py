@@ -7,6 +7,7 @@ DMR emulator containers and a config file naming them: dmr-a preferred over dmr-
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +20,8 @@ import pytest
 from shared import keys
 from tests.compose.client import MODEL, Reply, all_healthy, endpoints_by_name, stream_chat, try_get_json
 from tests.compose.conftest import COMPOSE_FILES, PIER_IMAGE, PROJECT, TIMINGS, compose_env
-from tests.compose.engine import ComposeProject, Engine
-from tests.harness import Timeout, free_port, wait_for_sync
+from tests.compose.engine import SOCKET, ComposeProject, Engine
+from tests.harness import ROOT, Timeout, free_port, wait_for_sync
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
@@ -171,6 +172,36 @@ def test_health_container_restart(pier: Pier) -> None:
     pier.wait(lambda: pier.project.health("health") == ["healthy"], "the restarted health container healthy", 90)
     # The restarted worker takes the lease again and probes: state newer than the restart.
     pier.wait(lambda: fresh_and_healthy(pier.base_url, restarted_at), "fresh state from the restarted worker")
+    assert pier.chat().text.startswith("Hello from dmr-a")
+
+
+def test_docker_discovery_override_finds_a_labelled_container(pier: Pier, engine: Engine) -> None:
+    gid = str(os.stat(SOCKET).st_gid)
+    with_socket = replace(
+        pier.project,
+        files=(*pier.project.files, ROOT / "compose.discovery.yaml"),
+        env={**pier.project.env, "DOCKER_GID": gid},
+    )
+    name = f"{PROJECT}-dmr-c"
+    try:
+        with_socket("up", "--detach", "--wait", "--wait-timeout", "180", timeout_s=300)
+        engine.docker("rm", "--force", name, check=False)
+        engine.docker(
+            "run", "--detach", "--name", name, "--network", PROJECT,
+            "--label", "pier.endpoint=true", "--label", "pier.name=dmr-c", "--label", f"pier.network={PROJECT}",
+            "--label", "pier.priority=10", "--volume", f"{ROOT / 'tests'}:/app/tests:ro",
+            PIER_IMAGE, "python", "-m", "tests.emulator", "--host", "0.0.0.0", "--port", "12434", "--name", "dmr-c",
+        )  # fmt: skip
+        found = pier.wait(
+            lambda: (e := endpoints_by_name(pier.base_url).get("dmr-c")) and e["status"] == "healthy" and e,
+            "the health worker (non-root, socket via DOCKER_GID) to discover and probe dmr-c",
+        )
+        assert found["source"] != "static", found
+        engine.docker("rm", "--force", name)
+        pier.wait(lambda: "dmr-c" not in endpoints_by_name(pier.base_url), "dmr-c to leave the table once removed")
+    finally:
+        engine.docker("rm", "--force", name, check=False)
+        pier.project("up", "--detach", "--wait", "--wait-timeout", "180", timeout_s=300)
     assert pier.chat().text.startswith("Hello from dmr-a")
 
 

@@ -203,6 +203,7 @@ class EmuSpec:
     priority: int = 100
     args: tuple[str, ...] = ()
     entry: dict[str, Any] = field(default_factory=dict)  # extra endpoint keys in the config file
+    model: str = MODEL  # the build waits until the router sees the endpoint routable with this model
 
 
 def build_stack(
@@ -223,7 +224,8 @@ def build_stack(
     health = start_health(procs, redis_url, workdir, config) if with_health else None
     router = start_router(procs, redis_url, config, **(router_extra or {}))
     if wait and with_health:
-        wait_routable_sync(router.url, [s.name for s in specs])
+        for spec in specs:
+            wait_routable_sync(router.url, [spec.name], model=spec.model)
     return Stack(router, health, emus, config, redis_url)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.state import EndpointState, Event, WarmState
@@ -32,11 +33,16 @@ def connect(url: str, *, timeout_s: float = 5.0) -> RedisClient:
 
 
 async def write_endpoint_state(redis: RedisClient, state: EndpointState) -> None:
-    ttl_ms = max(1000, int(state.ttl_s * 1000))
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(keys.endpoint_state(state.name), state.model_dump_json(), px=ttl_ms)
-        pipe.zadd(keys.ENDPOINT_INDEX, {state.name: time.time()})
+        queue_endpoint_state(pipe, state)
         await pipe.execute()
+
+
+def queue_endpoint_state(pipe: Pipeline, state: EndpointState) -> None:
+    """Queue `write_endpoint_state`'s commands on a pipeline (a writer batching many endpoints per round trip)."""
+    ttl_ms = max(1000, int(state.ttl_s * 1000))
+    pipe.set(keys.endpoint_state(state.name), state.model_dump_json(), px=ttl_ms)
+    pipe.zadd(keys.ENDPOINT_INDEX, {state.name: time.time()})
 
 
 async def remove_endpoint_state(redis: RedisClient, name: str) -> None:
@@ -54,14 +60,24 @@ async def write_warm_state(redis: RedisClient, warm: WarmState) -> None:
         await pipe.execute()
 
 
-async def publish(redis: RedisClient, event: Event, *, stream: str = keys.EVENTS) -> str:
-    """Append an event; the stream is capped (approximately) so it never grows without bound."""
-    maxlen = keys.SIGNALS_MAXLEN if stream == keys.SIGNALS else keys.EVENTS_MAXLEN
+def _event_fields(event: Event) -> dict[str, str]:
     fields: dict[str, str] = {"kind": event.kind.value, "endpoint": event.endpoint, "event": event.model_dump_json()}
     if event.traceparent:
         fields["traceparent"] = event.traceparent
-    entry_id = await redis.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+    return fields
+
+
+async def publish(redis: RedisClient, event: Event, *, stream: str = keys.EVENTS) -> str:
+    """Append an event; the stream is capped (approximately) so it never grows without bound."""
+    maxlen = keys.SIGNALS_MAXLEN if stream == keys.SIGNALS else keys.EVENTS_MAXLEN
+    entry_id = await redis.xadd(stream, _event_fields(event), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
     return str(entry_id)
+
+
+def queue_event(pipe: Pipeline, event: Event, *, stream: str = keys.EVENTS) -> None:
+    """Queue `publish`'s XADD on a pipeline (after the state write it announces)."""
+    maxlen = keys.SIGNALS_MAXLEN if stream == keys.SIGNALS else keys.EVENTS_MAXLEN
+    pipe.xadd(stream, _event_fields(event), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
 
 
 async def last_id(redis: RedisClient, stream: str = keys.EVENTS) -> str:

@@ -24,7 +24,7 @@ def parse(argv: list[str] | None) -> suite.Options:
     parser.add_argument("--reps", type=int, help="repetitions (default 3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per load run (default 5; 2 with --quick)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections for throughput")
-    parser.add_argument("--streams", type=int, help="paced streams per repetition (default 8; 3 with --quick)")
+    parser.add_argument("--streams", type=int, help="paced streams per repetition (default 20; 3 with --quick)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(suite.ALL)}")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores with taskset")
     parser.add_argument(
@@ -38,7 +38,7 @@ def parse(argv: list[str] | None) -> suite.Options:
         parser.error(f"--only: unknown {', '.join(unknown)} (known: {', '.join(suite.ALL)})")
     reps = args.reps or (1 if args.quick else 3)
     duration = args.duration or (2.0 if args.quick else 5.0)
-    streams = args.streams or (3 if args.quick else 8)
+    streams = args.streams or (3 if args.quick else 20)
     if reps < 1 or duration < 1 or streams < 1 or args.connections < 1:
         parser.error("--reps, --duration, --streams and --connections must be positive (duration >= 1 s)")
     return suite.Options(

@@ -93,14 +93,17 @@ def streams(target: Target, plan: Plan) -> dict[str, Any]:
     ok = [s for s in samples if s.status == 200]
     if not ok:
         return {"stream_errors": len(samples)}
+    events = sum(s.events for s in ok)
     return {
         "stream_ttfb_ms": statistics.median(s.ttfb_s for s in ok) * 1000,
         "stream_first_event_ms": statistics.median(s.first_event_s for s in ok) * 1000,
         "stream_total_ms": statistics.median(s.total_s for s in ok) * 1000,
+        # First to last event: ~19 x 20 ms when events pass as produced, ~0 when a proxy buffers the stream.
+        "stream_spread_ms": statistics.median(s.last_event_s - s.first_event_s for s in ok) * 1000,
         "stream_events_min": min(s.events for s in ok),
-        "stream_events_max": max(s.events for s in ok),
         "stream_max_events_per_read": max(s.max_events_per_read for s in ok),
-        "stream_own_reads": all(s.own_reads for s in ok),
+        # A buffering proxy coalesces nearly every event; a stalled client on a busy machine a stray few.
+        "stream_coalesced_pct": 100 * sum(s.coalesced for s in ok) / events if events else 0.0,
         "stream_errors": len(samples) - len(ok),
     }
 

@@ -27,6 +27,7 @@ class StreamSample:
     reads: int
     max_events_per_read: int
     last_event_s: float  # request sent -> last event completed
+    coalesced: int  # events that completed in a read that completed another event too
 
     @property
     def own_reads(self) -> bool:
@@ -117,6 +118,7 @@ def analyse(started: float, reads: list[tuple[float, bytes]]) -> StreamSample:
         reads=len(reads),
         max_events_per_read=max(events_per_read.values(), default=0),
         last_event_s=event_times[-1] if event_times else 0.0,
+        coalesced=sum(n for n in events_per_read.values() if n > 1),
     )
 
 

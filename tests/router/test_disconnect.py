@@ -69,7 +69,7 @@ async def send_then_leave(http: aiohttp.ClientSession, emu: Emu, body: dict[str,
         records = await emu.requests()
         return records[before] if len(records) > before else None
 
-    record = await wait_for(arrived, timeout_s=10, what="the request to reach the emulator")
+    record: dict[str, Any] | None = await wait_for(arrived, timeout_s=10, what="the request to reach the emulator")
     assert record is not None
     task.cancel()  # the client gives up: aiohttp closes its connection
     with contextlib.suppress(asyncio.CancelledError):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -26,11 +26,34 @@ from services.health.inventory import (
     parse_version,
 )
 from shared.config import Endpoint
-from shared.state import EndpointStatus, LoadedModel, PulledModel
+from shared.state import EndpointState, EndpointStatus, LoadedModel, PulledModel
 
 T = TypeVar("T")
 
 _ERROR_BODY_CHARS = 160
+# What changes often is read on every probe: the model listing (the health route on DMR) and what is loaded
+# (/engines/ps). The rest changes rarely: the pulled inventory (/models) changes with the listing on a current
+# DMR; /engines/status and /version only when DMR is upgraded or reconfigured, i.e. restarted, which the probes
+# see as an outage. Those are read on the first success, after an outage, when the listing changed, and every
+# FULL_READ_INTERVAL_S. In steady state a probe is then two requests instead of five.
+FULL_READ_INTERVAL_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Which of the rarely-changing routes a probe reads."""
+
+    full: bool = True  # /models, /engines/status and /version
+    known_models: tuple[str, ...] | None = None  # the listing last seen: a different one triggers /models
+
+
+def plan_for(previous: EndpointState | None, last_full_read_at: float | None, now: float) -> Plan:
+    """Read everything on the first success, after an outage and every `FULL_READ_INTERVAL_S`."""
+    if previous is None or last_full_read_at is None or not previous.status.routable:
+        return Plan(full=True)
+    if now - last_full_read_at >= FULL_READ_INTERVAL_S:
+        return Plan(full=True)
+    return Plan(full=False, known_models=previous.models if previous.models_known else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +119,12 @@ class Prober:
             body = await resp.read()
             return _Answer(resp.status, body, resp.headers.get("Retry-After"))
 
-    async def probe(self, endpoint: Endpoint) -> ProbeResult:
-        """Probe once. Never raises for anything the endpoint does (only cancellation propagates)."""
+    async def probe(self, endpoint: Endpoint, plan: Plan | None = None) -> ProbeResult:
+        """Probe once. Never raises for anything the endpoint does (only cancellation propagates).
+
+        `plan` says which rarely-changing routes to read (default: all); those skipped are "skipped" in the
+        result, and the tracker keeps their last known values.
+        """
         started = time.monotonic()
         try:
             answer = await self._get(endpoint, endpoint.health_check_path)
@@ -121,7 +148,7 @@ class Prober:
             return ProbeResult(status, latency_ms, _error_text(answer), retry_after_s)
         if status not in (EndpointStatus.HEALTHY, EndpointStatus.BUSY):
             return ProbeResult(status, latency_ms, error or _error_text(answer))
-        return await self._with_inventory(endpoint, status, latency_ms, models, lists_models)
+        return await self._with_inventory(endpoint, status, latency_ms, models, lists_models, plan or Plan())
 
     async def _with_inventory(
         self,
@@ -130,31 +157,38 @@ class Prober:
         latency_ms: float,
         models: Aux[tuple[str, ...]],
         lists_models: bool,
+        plan: Plan,
     ) -> ProbeResult:
         profile = endpoint.profile
-        model_task = None if lists_models else self._aux(endpoint, endpoint.model_path, parse_model_list)
-        pulled, loaded, engines, version, listed = await asyncio.gather(
-            self._aux(endpoint, profile.inventory_path, parse_pulled),
-            self._aux(endpoint, profile.loaded_path, parse_loaded),
-            self._aux(endpoint, profile.engines_path, parse_engines),
-            self._aux(endpoint, profile.version_path, parse_version),
-            model_task if model_task is not None else _skipped(),
-        )
+        listing_changed = not lists_models or plan.known_models is None or models.value != plan.known_models
+        reads: dict[str, Awaitable[Aux[Any]]] = {}
+        for key, path, parse, wanted in (
+            ("pulled", profile.inventory_path, parse_pulled, plan.full or listing_changed),
+            ("loaded", profile.loaded_path, parse_loaded, True),
+            ("engines", profile.engines_path, parse_engines, plan.full),
+            ("version", profile.version_path, parse_version, plan.full),
+            ("models", None if lists_models else endpoint.model_path, parse_model_list, not lists_models),
+        ):
+            if wanted and path is not None:
+                reads[key] = self._aux(endpoint, path, parse)
+        # Only the reads that happen become tasks; a route the profile lacks is "absent", one not due "skipped".
+        done = dict(zip(reads, await asyncio.gather(*reads.values()), strict=True))
+        absent: Aux[Any] = Aux("absent")
+
+        def outcome(key: str, path: str | None) -> Aux[Any]:
+            return done.get(key) or (absent if path is None else Aux.skipped())
+
         return ProbeResult(
             status,
             latency_ms,
-            None,
-            None,
-            models if lists_models else listed,
-            pulled,
-            loaded,
-            engines,
-            version,
+            models=models if lists_models else outcome("models", endpoint.model_path),
+            pulled=outcome("pulled", profile.inventory_path),
+            loaded=outcome("loaded", profile.loaded_path),
+            engines=outcome("engines", profile.engines_path),
+            version=outcome("version", profile.version_path),
         )
 
-    async def _aux(self, endpoint: Endpoint, path: str | None, parse: Callable[[object], T]) -> Aux[T]:
-        if path is None:
-            return Aux("absent")
+    async def _aux(self, endpoint: Endpoint, path: str, parse: Callable[[object], T]) -> Aux[T]:
         try:
             answer = await self._get(endpoint, path)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -166,7 +200,3 @@ class Prober:
             return Aux("ok", parse(_parse_json(answer.body)))
         except InventoryError as exc:
             return Aux("failed", error=f"{path}: garbage: {exc}")
-
-
-async def _skipped() -> Aux[tuple[str, ...]]:
-    return Aux.skipped()

@@ -10,6 +10,7 @@ import logging
 
 from redis.exceptions import RedisError
 
+from services.health.batch import WriteBatcher
 from services.health.changes import changes
 from shared import statestore
 from shared.state import EndpointState, Event, EventKind
@@ -25,6 +26,7 @@ class Publisher:
     def __init__(self, redis: RedisClient, *, writer: str) -> None:
         self._redis = redis
         self._writer = writer
+        self._batcher = WriteBatcher(redis)
         self._last: dict[str, EndpointState] = {}
         self._stale: set[str] = set()  # indexed names whose state key had expired when the baseline was read
 
@@ -48,22 +50,21 @@ class Publisher:
         by the next successful write.
         """
         kinds = changes(self._last.get(state.name), state)
-        await statestore.write_endpoint_state(self._redis, state)
-        events: list[Event] = []
-        if kinds:
-            traceparent = current_traceparent()
-            for kind, detail in kinds:
-                event = Event(
-                    kind=kind,
-                    endpoint=state.name,
-                    at=state.checked_at,
-                    state=state,
-                    detail=detail,
-                    traceparent=traceparent,
-                    writer=self._writer,
-                )
-                await statestore.publish(self._redis, event)
-                events.append(event)
+        traceparent = current_traceparent() if kinds else None
+        events = [
+            Event(
+                kind=kind,
+                endpoint=state.name,
+                at=state.checked_at,
+                state=state,
+                detail=detail,
+                traceparent=traceparent,
+                writer=self._writer,
+            )
+            for kind, detail in kinds
+        ]
+        # The state and its events go out together, the events after the state, in a batched round trip.
+        await self._batcher.write(state, events)
         self._last[state.name] = state
         self._stale.discard(state.name)
         return events
@@ -72,6 +73,7 @@ class Publisher:
         """Delete an endpoint's state and announce it. None when there was nothing to remove."""
         if name not in self._last and name not in self._stale:
             return None
+        await self._batcher.drain()  # no queued write of this endpoint may land after the delete
         await statestore.remove_endpoint_state(self._redis, name)
         event = Event(
             kind=EventKind.ENDPOINT_REMOVED,
@@ -84,6 +86,10 @@ class Publisher:
         self._last.pop(name, None)
         self._stale.discard(name)
         return event
+
+    async def close(self) -> None:
+        """Drop writes still queued (shutdown)."""
+        await self._batcher.close()
 
     async def prune(self, keep: set[str]) -> list[str]:
         """Remove every endpoint Redis knows that is not in `keep` (config changed while no leader ran)."""

@@ -21,7 +21,7 @@ from services.health import autodetect
 from services.health.discovery import DockerUnavailable, DockerWatcher, watch
 from services.health.labels import Discovery, merge_endpoints
 from services.health.lease import Lease
-from services.health.probe import Prober, create_session
+from services.health.probe import Prober, create_session, plan_for
 from services.health.publisher import Publisher
 from services.health.scheduler import Scheduler
 from services.health.settings import HealthSettings
@@ -58,6 +58,7 @@ class HealthWorker:
         self._session: aiohttp.ClientSession | None = None
         self._prober: Prober | None = None
         self._states: dict[str, EndpointState] = {}
+        self._full_read_at: dict[str, float] = {}  # when every inventory route was last read (probe.Plan)
         self._discovered: tuple[Endpoint, ...] = ()
         self._auto: tuple[Endpoint, ...] = ()
         self._docker: DockerWatcher | None = None
@@ -67,6 +68,7 @@ class HealthWorker:
         self._stopping = asyncio.Event()
         self._table_lock = asyncio.Lock()
         self._closed = False
+        self._publish_failing = False
 
     # ---- public surface -------------------------------------------------------------------------------
 
@@ -110,6 +112,7 @@ class HealthWorker:
         self._closed = True
         self._stopping.set()
         await self._stop_leading()
+        await self._publisher.close()
         try:
             async with asyncio.timeout(_CLOSE_REDIS_TIMEOUT_S):
                 if await self._lease.release():
@@ -151,10 +154,15 @@ class HealthWorker:
         with self._tracer.start_as_current_span(
             "health probe", kind=trace.SpanKind.CLIENT, attributes=attributes
         ) as span:
-            result = await prober.probe(endpoint)
+            now = time.time()
+            previous = self._states.get(endpoint.name)
+            plan = plan_for(previous, self._full_read_at.get(endpoint.name), now)
+            result = await prober.probe(endpoint, plan)
+            if plan.full and result.status.routable:
+                self._full_read_at[endpoint.name] = now
             decision = next_state(
                 endpoint,
-                self._states.get(endpoint.name),
+                previous,
                 result,
                 now=time.time(),
                 writer=self.instance_id,
@@ -165,8 +173,14 @@ class HealthWorker:
             try:
                 events = await self._publisher.publish(decision.state)
             except (RedisError, OSError) as exc:
-                log.warning("could not publish state of %s: %s", endpoint.name, exc)
+                # One warning per Redis outage, not one per probe of every endpoint.
+                level = logging.DEBUG if self._publish_failing else logging.WARNING
+                log.log(level, "could not publish state of %s: %s", endpoint.name, exc)
+                self._publish_failing = True
                 return decision.next_delay_s
+            if self._publish_failing:
+                log.info("publishing state again")
+                self._publish_failing = False
         for event in events:
             _log_event(event)
         return decision.next_delay_s

@@ -69,11 +69,6 @@ async def test_one_event_per_change(procs: ProcessFactory, redis: Redis, redis_u
     assert models.state is not None
     assert "ai/gemma3:latest" in models.state.models
 
-    # Version: an upgrade shows up once.
-    await emu.configure(version="v9.9.9")
-    (version,) = await wait_event(redis, EventKind.VERSION_CHANGED)
-    assert version.detail == {"previous": "v1.2.6", "version": "v9.9.9"}
-
     # Loaded: a model loaded by a request.
     async with aiohttp.ClientSession() as session:
         body = {"model": "ai/gemma3", "messages": [{"role": "user", "content": "hi"}]}
@@ -101,7 +96,6 @@ async def test_one_event_per_change(procs: ProcessFactory, redis: Redis, redis_u
     counts = Counter(e.kind for e in events)
     assert counts[EventKind.ENDPOINT_ADDED] == 1
     assert counts[EventKind.MODELS_CHANGED] == 1
-    assert counts[EventKind.VERSION_CHANGED] == 1
     assert counts[EventKind.STATUS_CHANGED] == 2
     # Loaded-set events: each one a different loaded set than the one before (no repeats).
     signatures = [loaded_signature(e.state.loaded) for e in events if e.kind is EventKind.LOADED_CHANGED and e.state]
@@ -111,7 +105,6 @@ async def test_one_event_per_change(procs: ProcessFactory, redis: Redis, redis_u
     assert set(counts) == {
         EventKind.ENDPOINT_ADDED,
         EventKind.MODELS_CHANGED,
-        EventKind.VERSION_CHANGED,
         EventKind.LOADED_CHANGED,
         EventKind.STATUS_CHANGED,
     }

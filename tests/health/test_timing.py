@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared.state import EndpointStatus
+from shared.state import EndpointStatus, EventKind
 from tests.harness import ProcessFactory, wait_for
 from tests.health.support import (
     HEALTH_PATH,
     Emu,
+    all_events,
     endpoint_entry,
     health_env,
     start_emulator,
@@ -105,9 +106,15 @@ async def test_killed_and_restarted_emulator(
     down = await wait_status(redis, "emu", EndpointStatus.OFFLINE, timeout_s=10, proc=health)
     assert down.last_error is not None
     assert down.models == ("ai/smollm2:latest",)  # last known inventory kept
-    start_emulator(procs, port=port)
+    # It comes back upgraded (a DMR upgrade is a restart): the version is read again after the outage.
+    start_emulator(procs, "--version", "v9.9.9", port=port)
     back = await wait_status(redis, "emu", EndpointStatus.HEALTHY, timeout_s=30, proc=health)
     assert back.consecutive_failures == 0
     assert back.last_error is None
+    assert back.version == "v9.9.9"
+    versions = [e for e in await all_events(redis) if e.kind is EventKind.VERSION_CHANGED]
+    assert [e.detail for e in versions] == [{"previous": "v1.2.6", "version": "v9.9.9"}]
+    statuses = [e.detail["status"] for e in await all_events(redis) if e.kind is EventKind.STATUS_CHANGED]
+    assert statuses == ["offline", "healthy"]
     # Back within the backoff wait in force when it returned (at most 12 x 1 s here).
     assert back.checked_at - down.checked_at < 1 + 2 + 4 + 8 + 12 + 5

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import docker
@@ -37,9 +37,12 @@ class DockerUnavailable(Exception):
 class DockerWatcher:
     """A Docker API client used from asyncio; every blocking call runs off the event loop."""
 
-    def __init__(self, *, docker_host: str | None, profiles: ProfileSet) -> None:
+    def __init__(
+        self, *, docker_host: str | None, profiles: ProfileSet, required_labels: Mapping[str, str] | None = None
+    ) -> None:
         self._docker_host = docker_host
         self._profiles = profiles
+        self._required = dict(required_labels or {})
         self._client: Any = None
         self._stream: Any = None
         self._lock = threading.Lock()
@@ -69,7 +72,7 @@ class DockerWatcher:
         except (DockerException, OSError) as exc:
             self._reset()
             raise DockerUnavailable(str(exc) or type(exc).__name__) from exc
-        return endpoints_from_containers(containers, self._profiles)
+        return endpoints_from_containers(containers, self._profiles, self._required)
 
     def _list_blocking(self) -> list[dict[str, Any]]:
         client = self._connect_blocking()
@@ -89,7 +92,9 @@ class DockerWatcher:
             error: BaseException | None = None
             try:
                 client = self._connect_blocking()
-                filters = {"type": "container", "event": list(WATCHED_EVENTS)}
+                filters: dict[str, Any] = {"type": "container", "event": list(WATCHED_EVENTS)}
+                if self._required:  # only the containers that could matter wake us
+                    filters["label"] = [f"{key}={value}" for key, value in self._required.items()]
                 stream = client.events(decode=True, filters=filters)
                 with self._lock:
                     if cancelled.is_set():  # follow() ended while we were connecting

@@ -88,16 +88,22 @@ def _endpoint_config(container: Mapping[str, Any], profiles: ProfileSet) -> dict
     return raw
 
 
-def endpoints_from_containers(containers: Sequence[Mapping[str, Any]], profiles: ProfileSet) -> Discovery:
+def endpoints_from_containers(
+    containers: Sequence[Mapping[str, Any]], profiles: ProfileSet, required: Mapping[str, str] | None = None
+) -> Discovery:
     """Map running containers to endpoints (source `docker`), in a stable order (by container name).
 
-    A container with bad labels is skipped with a problem line; two containers claiming one name: the first
-    (by container name) keeps it.
+    Only containers carrying every `required` label (key = value) are considered. A container with bad
+    labels is skipped with a problem line; two containers claiming one name: the first (by container name)
+    keeps it.
     """
     endpoints: dict[str, Endpoint] = {}
     problems: list[str] = []
     for container in sorted(containers, key=container_name):
         if str(container.get("State", "running")).lower() != "running":
+            continue
+        labels = container.get("Labels") or {}
+        if required and any(labels.get(key) != value for key, value in required.items()):
             continue
         cname = container_name(container)
         try:

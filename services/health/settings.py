@@ -33,6 +33,9 @@ class HealthSettings(CommonSettings):
     docker_discovery: Literal["auto", "on", "off"] = "auto"
     # PIER_DOCKER_HOST: Docker API address (e.g. unix:///var/run/docker.sock); unset = DOCKER_HOST or the socket.
     docker_host: str | None = None
+    # PIER_DOCKER_LABEL_FILTER: comma-separated `key=value` labels a container must also carry to be discovered
+    # (e.g. `com.docker.compose.project=mystack`), for several Pier stacks sharing one Docker engine.
+    docker_label_filter: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # PIER_DISCOVERY_RESYNC_INTERVAL: full resync of discovered containers, on top of following events (seconds).
     discovery_resync_interval: Seconds = Field(default=30.0, ge=1.0)
     # PIER_AUTODETECT_CANDIDATES: comma-separated base URLs tried, in order, when no endpoint is configured.
@@ -57,6 +60,21 @@ class HealthSettings(CommonSettings):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return value
+
+    @field_validator("docker_label_filter", mode="before")
+    @classmethod
+    def _split_labels(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        labels: dict[str, str] = {}
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            key, sep, label_value = part.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{part!r} is not key=value")
+            labels[key.strip()] = label_value.strip()
+        return labels
 
     @field_validator("docker_discovery", mode="before")
     @classmethod

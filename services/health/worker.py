@@ -63,6 +63,8 @@ class HealthWorker:
         self._auto: tuple[Endpoint, ...] = ()
         self._docker: DockerWatcher | None = None
         self._docker_unavailable = False  # PIER_DOCKER_DISCOVERY=auto found no Docker API at start
+        self._logged_clashes: set[str] = set()
+        self._logged_problems: set[str] = set()
         self._scheduler: Scheduler | None = None
         self._lead_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -279,8 +281,9 @@ class HealthWorker:
 
     def _table(self) -> tuple[Endpoint, ...]:
         endpoints, clashes = merge_endpoints(self.config.endpoints, self._discovered, self._auto)
-        for clash in clashes:
+        for clash in sorted(set(clashes) - self._logged_clashes):
             log.warning("%s", clash)
+        self._logged_clashes = set(clashes)  # each clash is logged once, again only if it comes back
         return endpoints
 
     async def _apply_table(self, *, prune: bool = False) -> None:
@@ -312,7 +315,11 @@ class HealthWorker:
         if mode == "off" or self._docker_unavailable:
             return
         if self._docker is None:
-            watcher = DockerWatcher(docker_host=self.settings.docker_host, profiles=self.config.profiles)
+            watcher = DockerWatcher(
+                docker_host=self.settings.docker_host,
+                profiles=self.config.profiles,
+                required_labels=self.settings.docker_label_filter,
+            )
             try:
                 async with asyncio.timeout(_DISCOVERY_FIRST_SYNC_S):
                     await watcher.connect()
@@ -332,14 +339,16 @@ class HealthWorker:
                 self._set_discovered(await self._docker.discover())
 
     def _set_discovered(self, discovery: Discovery) -> None:
-        for problem in discovery.problems:
+        for problem in sorted(set(discovery.problems) - self._logged_problems):
             log.warning("Docker discovery: %s", problem)
+        self._logged_problems = set(discovery.problems)
         self._discovered = discovery.endpoints
 
     async def _watch_docker(self, watcher: DockerWatcher) -> None:
         async def apply(discovery: Discovery) -> None:
-            if discovery.endpoints != self._discovered or discovery.problems:
-                self._set_discovered(discovery)
+            changed = discovery.endpoints != self._discovered
+            self._set_discovered(discovery)
+            if changed:
                 await self._apply_table()
 
         await watch(watcher, apply, resync_interval_s=self.settings.discovery_resync_interval)

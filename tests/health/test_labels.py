@@ -155,3 +155,13 @@ def test_static_wins_a_name_clash() -> None:
     assert len(clashes) == 1
     assert "'gpu'" in clashes[0]
     assert "keeping the static one" in clashes[0]
+
+
+def test_required_labels_restrict_discovery() -> None:
+    mine = container("mine", {"pier.endpoint": "true", "com.docker.compose.project": "a"})
+    theirs = container("theirs", {"pier.endpoint": "true", "com.docker.compose.project": "b"})
+    dmr = container("docker-model-runner", {"com.docker.model-runner.role": "controller"})
+    result = endpoints_from_containers([mine, theirs, dmr], PROFILES, {"com.docker.compose.project": "a"})
+    assert [e.name for e in result.endpoints] == ["mine"]
+    everything = endpoints_from_containers([mine, theirs, dmr], PROFILES)
+    assert [e.name for e in everything.endpoints] == ["docker-model-runner", "mine", "theirs"]

@@ -23,11 +23,13 @@ def test_durations_and_candidates_parse() -> None:
             "discovery_resync_interval": "1m",
             "autodetect_candidates": "http://127.0.0.1:1/, https://dmr.local",
             "docker_discovery": "OFF",
+            "docker_label_filter": "com.docker.compose.project=pier, tier = test",
         }
     )
     assert (s.busy_threshold, s.lease_ttl, s.discovery_resync_interval) == (1.5, 3.0, 60.0)
     assert s.autodetect_candidates == ("http://127.0.0.1:1", "https://dmr.local")
     assert s.docker_discovery == "off"
+    assert s.docker_label_filter == {"com.docker.compose.project": "pier", "tier": "test"}
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,7 @@ def test_durations_and_candidates_parse() -> None:
         ("lease_ttl", "0.5s", "PIER_LEASE_TTL"),
         ("docker_discovery", "maybe", "PIER_DOCKER_DISCOVERY"),
         ("autodetect_candidates", "dmr:12434", "PIER_AUTODETECT_CANDIDATES"),
+        ("docker_label_filter", "project", "PIER_DOCKER_LABEL_FILTER"),
     ],
 )
 def test_bad_values_name_the_key(field: str, value: str, key: str) -> None:

@@ -221,8 +221,10 @@ def run(out: Path, *, streams: int, events: int, interval_ms: float, bulk_bytes:
             except AssertionError as exc:  # harness.Timeout, with the process output
                 reason = str(exc)[-600:]
             else:
-                targets.append(Target("pier-slow", "", router.sse_url, router.roots, router.description))
+                # The big response first, on a fresh router: after the slow streams, memory they freed would
+                # hide growth.
                 targets.append(Target("pier-bulk", "", router.sse_url, router.roots, router.description))
+                targets.append(Target("pier-slow", "", router.sse_url, router.roots, router.description))
         if reason is not None:
             results["pier_unavailable"] = reason
             print(f"Pier not measured: {reason}", flush=True)

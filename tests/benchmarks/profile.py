@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--setting", default="pier", help="a PIER_SETTINGS name, or `minimal` for the floor")
+    parser.add_argument("--endpoints", type=int, default=0, help="N endpoints in state (all on the nginx upstream)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/prof-venv/bin/py-spy")
     args = parser.parse_args(argv)
     if not Path(args.py_spy).exists():
@@ -85,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         if setting is None:
             target = contenders.minimal_proxy(procs, up, cores)
         else:
-            pier_stack = stack.enter_context(pier.stack(procs, workdir / "pier", cores, pier.bench_endpoints(up)))
+            endpoints = pier.bench_endpoints(up)
+            if args.endpoints:
+                endpoints = [(f"ep{i:03d}", up.json_base) for i in range(args.endpoints)]
+            pier_stack = stack.enter_context(
+                pier.stack(procs, workdir / "pier", cores, endpoints, check_interval="5s" if args.endpoints else "3s")
+            )
             target = pier_stack.router(setting)
         script = wrk.write_script(workdir / "post.lua", JSON_BODY)
         wrk.run(target.json_url, script, connections=8, duration_s=1, cpus=cores.loadgen)

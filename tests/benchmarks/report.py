@@ -180,6 +180,12 @@ def markdown(results: dict[str, Any]) -> str:
     for check in checks(summary):
         met = NA if check.passed is None else ("yes" if check.passed else "**no**")
         lines.append(f"| {check.what} | {_fmt(check.measured, 2)} | {check.goal} | {met} |")
+    if PIER_OTEL in summary:
+        otlp = results.get("otlp") or {}
+        got = otlp.get("traces_requests", 0) + otlp.get("metrics_requests", 0)
+        size = otlp.get("traces_bytes", 0) + otlp.get("metrics_bytes", 0)
+        note = f"{got} exports ({size:,} bytes)" if got else "**nothing** (telemetry did not flow: check the env names)"
+        lines.append(f"\nThe local OTLP receiver got {note} during the run.")
     for name, why in results.get("unavailable", {}).items():
         lines.append(f"\n`{name}` not measured: {why}")
     return "\n".join(lines) + "\n"

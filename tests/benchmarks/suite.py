@@ -7,10 +7,12 @@ the machine's load (other work on shared cores) spread over all of them instead 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,7 @@ def run(opts: Options) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         stack.callback(procs.close)
         up = contenders.start_upstreams(procs, workdir, cores)
-        targets = _start_all(stack, procs, workdir, up, cores, opts, results["unavailable"])
+        targets = _start_all(stack, procs, workdir, up, cores, opts, results)
         scripts = {t.name: wrk.write_script(workdir / f"post-{t.name}.lua", JSON_BODY, t.headers) for t in targets}
         for target in targets:
             results["targets"][target.name] = {
@@ -73,6 +75,9 @@ def run(opts: Options) -> dict[str, Any]:
                 print(f"round {rep + 1}/{opts.reps}: {target.name}", flush=True)
                 figures = measure.round_of(target, up.roots, scripts[target.name], plan)
                 results["rounds"].append({"rep": rep, "target": target.name, **figures})
+        if results.get("otlp_url"):
+            # Proof that telemetry really flowed during the telemetry-on runs (or that it did not).
+            results["otlp"] = _otlp_stats(results["otlp_url"])
     results["meta"]["loadavg_end"] = _loadavg()
     return results
 
@@ -88,8 +93,9 @@ def _start_all(
     up: contenders.Upstreams,
     cores: Cores,
     opts: Options,
-    unavailable: dict[str, str],
+    results: dict[str, Any],
 ) -> list[Target]:
+    unavailable: dict[str, str] = results["unavailable"]
     targets = [contenders.direct(up)]
     if _wanted("nginx", opts):
         targets.append(contenders.nginx_proxy(procs, workdir, up, cores))
@@ -113,6 +119,7 @@ def _start_all(
             pier_stack = stack.enter_context(
                 pier.stack(procs, workdir / "pier", cores, pier.bench_endpoints(up), otlp=pier.settings_needing_otlp())
             )
+            results["otlp_url"] = pier_stack.otlp_url
             for setting in settings:
                 targets.append(pier_stack.router(setting))
         except AssertionError as exc:  # harness.Timeout: a process did not come up; its output is in the message
@@ -143,6 +150,15 @@ def _upstream_figures(up: contenders.Upstreams, workdir: Path, plan: measure.Pla
         cpus=plan.cores.loadgen,
     )
     return {"nginx_sse_body_rps": result.rps, "nginx_sse_body_errors": result.errors + result.non_2xx}
+
+
+def _otlp_stats(url: str) -> dict[str, int]:
+    try:
+        with urllib.request.urlopen(f"{url}/stats", timeout=5) as resp:
+            data = json.loads(resp.read())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in data.items()}
 
 
 def _loadavg() -> str:

@@ -42,6 +42,14 @@ class Cores:
         return cls(str(cpus[0]), str(cpus[1]), str(cpus[0]), ",".join(str(c) for c in cpus))
 
 
+def base_env() -> dict[str, str]:
+    """The environment for every process started: this one's, minus any PIER_/OTEL_ settings of the caller's
+    shell (each contender gets exactly the settings the suite gives it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIER_", "OTEL_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def pinned(cpus: str | None, argv: list[str]) -> list[str]:
     return argv if cpus is None else ["taskset", "-c", cpus, *argv]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks import contenders, pier, procstat
-from tests.benchmarks.layout import Cores, Target, pinned, python_module
+from tests.benchmarks.layout import Cores, Target, base_env, pinned, python_module
 from tests.benchmarks.stream_client import EVENT_END
 from tests.harness import ProcessFactory, free_port, http_ok
 
@@ -172,7 +172,7 @@ def run(out: Path, *, streams: int, events: int, interval_ms: float, bulk_bytes:
     cores = Cores.detect(pin)
     if cores.loadgen is not None:
         os.sched_setaffinity(0, {int(cores.loadgen)})
-    procs = ProcessFactory(workdir, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    procs = ProcessFactory(workdir, base_env())
     results: dict[str, Any] = {"stamp": stamp, "loadavg_start": Path("/proc/loadavg").read_text().strip()}
     with contextlib.ExitStack() as stack:
         stack.callback(procs.close)

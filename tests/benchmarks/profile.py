@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.benchmarks import contenders, pier, procstat, wrk
-from tests.benchmarks.layout import JSON_BODY, Cores
+from tests.benchmarks.layout import JSON_BODY, Cores, base_env
 from tests.harness import ProcessFactory
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = out / f"work-profile-{stamp}"
     workdir.mkdir(parents=True, exist_ok=True)
     cores = Cores.detect(True)
-    procs = ProcessFactory(workdir, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    procs = ProcessFactory(workdir, base_env())
     folded = out / f"router-{stamp}.folded"
     with contextlib.ExitStack() as stack:
         stack.callback(procs.close)

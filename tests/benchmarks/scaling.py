@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from shared import statestore
 from tests.benchmarks import contenders, measure, pier, procstat, wrk
-from tests.benchmarks.layout import JSON_BODY, JSON_MODEL, Cores
+from tests.benchmarks.layout import JSON_BODY, JSON_MODEL, Cores, base_env
 from tests.harness import ProcessFactory, wait_for_sync
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -94,14 +93,14 @@ def run(out: Path, *, sizes: list[int], reps: int, duration_s: float, connection
     cores = Cores.detect(pin)
     plan = measure.Plan(duration_s, connections, 1, cores)
     results: dict[str, Any] = {"stamp": stamp, "model": JSON_MODEL, "sizes": {}}
-    upstream_procs = ProcessFactory(workdir, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    upstream_procs = ProcessFactory(workdir, base_env())
     with contextlib.ExitStack() as stack:
         stack.callback(upstream_procs.close)
         up = contenders.start_upstreams(upstream_procs, workdir, cores)
         for size in sizes:
             print(f"{size} endpoints …", flush=True)
             # Each size has its own processes, all stopped before the next size starts.
-            procs = ProcessFactory(workdir, {**os.environ, "PYTHONUNBUFFERED": "1"})
+            procs = ProcessFactory(workdir, base_env())
             try:
                 results["sizes"][str(size)] = measure_size(procs, workdir, cores, up, size, plan, reps)
             finally:

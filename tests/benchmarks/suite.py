@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks import contenders, litellm_env, measure, pier, wrk
-from tests.benchmarks.layout import JSON_BODY, Cores, Target
+from tests.benchmarks.layout import JSON_BODY, Cores, Target, base_env
 from tests.benchmarks.nginx import SSE_PATH
 from tests.harness import ROOT, ProcessFactory
 
@@ -55,7 +55,7 @@ def run(opts: Options) -> dict[str, Any]:
         "unavailable": {},
         "rounds": [],
     }
-    procs = ProcessFactory(workdir, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    procs = ProcessFactory(workdir, base_env())
     with contextlib.ExitStack() as stack:
         stack.callback(procs.close)
         up = contenders.start_upstreams(procs, workdir, cores)

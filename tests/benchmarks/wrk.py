@@ -11,7 +11,7 @@ from typing import Any
 MARK = "PIER_BENCH_JSON "
 
 LUA = r"""
-wrk.method = "POST"
+wrk.method = "%(method)s"
 wrk.body = [==[%(body)s]==]
 wrk.headers["Content-Type"] = "application/json"
 %(headers)s
@@ -42,12 +42,12 @@ class WrkResult:
         return asdict(self)
 
 
-def write_script(path: Path, body: bytes, headers: dict[str, str] | None = None) -> Path:
+def write_script(path: Path, body: bytes, headers: dict[str, str] | None = None, *, method: str = "POST") -> Path:
     text = body.decode()
     if "]==]" in text:
         raise ValueError("the request body cannot contain ]==]")
     header_lines = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items())
-    path.write_text(LUA % {"body": text, "headers": header_lines, "mark": MARK})
+    path.write_text(LUA % {"method": method, "body": text, "headers": header_lines, "mark": MARK})
     return path
 
 

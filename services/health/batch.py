@@ -39,6 +39,11 @@ class WriteBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
 
+    @property
+    def queued(self) -> int:
+        """Writes waiting for their batch to go out."""
+        return len(self._pending)
+
     async def write(self, state: EndpointState, events: list[Event]) -> None:
         """Queue one state (and its events); returns once they are in Redis, raises if that failed."""
         loop = asyncio.get_running_loop()

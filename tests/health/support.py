@@ -40,9 +40,13 @@ class Emu:
             data: list[dict[str, Any]] = await resp.json()
             return data
 
+    async def worker_requests(self) -> list[dict[str, Any]]:
+        """The health worker's requests (by its User-Agent), oldest first."""
+        return [r for r in await self.requests() if r["headers"].get("User-Agent", "").startswith("pier-health/")]
+
     async def probe_times(self, path: str = HEALTH_PATH) -> list[float]:
         """Arrival times (unix) of the health worker's requests to `path`, oldest first."""
-        return [r["at"] for r in await self.requests() if r["path"] == path and r["method"] == "GET"]
+        return [r["at"] for r in await self.worker_requests() if r["path"] == path and r["method"] == "GET"]
 
 
 async def _post(url: str, body: dict[str, Any]) -> None:

@@ -45,7 +45,12 @@ class HealthWorker:
     """Probes DMR endpoints and publishes their state (see the module docstring)."""
 
     def __init__(
-        self, settings: HealthSettings, *, redis: RedisClient | None = None, config: PierConfig | None = None
+        self,
+        settings: HealthSettings,
+        *,
+        redis: RedisClient | None = None,
+        config: PierConfig | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         self.config = config if config is not None else settings.pier_config()
@@ -54,7 +59,8 @@ class HealthWorker:
         self._owns_redis = redis is None
         self._publisher = Publisher(self._redis, writer=self.instance_id)
         self._lease = Lease(self._redis, keys.HEALTH_LEASE, self.instance_id, ttl_s=settings.lease_ttl)
-        self._tracer = trace.get_tracer("pier.health")
+        # The global provider unless one is given (tests); a no-op until telemetry is configured.
+        self._tracer = trace.get_tracer("pier.health", tracer_provider=tracer_provider)
         self._session: aiohttp.ClientSession | None = None
         self._prober: Prober | None = None
         self._states: dict[str, EndpointState] = {}
@@ -100,8 +106,9 @@ class HealthWorker:
                 task.cancel()
             await asyncio.gather(*background, stop_wait, return_exceptions=True)
         for task in done:
-            if task is not stop_wait and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            error = None if task is stop_wait or task.cancelled() else task.exception()
+            if error is not None:
+                raise error  # a background loop crashed: the worker exits non-zero
 
     def stop(self) -> None:
         """Ask `run()` to return (signal handlers call this)."""

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from services.health.settings import HealthSettings
 from services.health.worker import HealthWorker
+from shared import statestore
 from shared.config import build_config
 from shared.profiles import load_profiles
 from shared.state import EndpointState, EndpointStatus
@@ -152,3 +153,33 @@ async def test_inventory_route_failure_is_not_an_outage(
     assert not state.loaded_known  # nothing learnt yet: not known
     assert not state.pulled_known
     assert state.models == ("ai/smollm2:latest",)
+
+
+async def test_each_probe_is_a_span_and_events_carry_its_traceparent(
+    procs: ProcessFactory, redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    emu = start_emulator(procs)
+    settings = HealthSettings(redis_url=redis_url, docker_discovery="off", health_id_file=tmp_path / "id")
+    config = build_config({"endpoints": [endpoint_entry("emu", emu.url)]}, load_profiles())
+    worker = HealthWorker(settings, redis=redis, config=config, tracer_provider=provider)
+    try:
+        await worker.run_once()
+    finally:
+        await worker.close()
+        provider.shutdown()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "health probe"
+    assert span.attributes is not None
+    assert span.attributes["pier.endpoint.name"] == "emu"
+    assert span.attributes["pier.endpoint.status"] == "healthy"
+    (event,) = [e for _, e in await statestore.read_events(redis, "0-0")]
+    assert span.context is not None
+    assert event.traceparent is not None
+    assert event.traceparent.startswith(f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-")

@@ -16,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from tests.harness import ROOT, Timeout, wait_for_sync
 
@@ -54,6 +55,25 @@ RUN apt-get update -qq \\
 EXPOSE 6379
 CMD ["redis-server", "--protected-mode", "no"]
 """
+
+
+T = TypeVar("T")
+
+
+def paced(check: Callable[[], T | None], interval_s: float) -> Callable[[], T | None]:
+    """`check`, run at most once per `interval_s` (None in between), for `wait_for_sync` conditions that
+    cost a Docker CLI call: polling those every 20 ms would load the 2-core machine and slow the engine."""
+    last_s = -interval_s
+
+    def run() -> T | None:
+        nonlocal last_s
+        now = time.monotonic()
+        if now - last_s < interval_s:
+            return None
+        last_s = now
+        return check()
+
+    return run
 
 
 class EngineUnavailable(RuntimeError):
@@ -181,7 +201,7 @@ def start_engine(workdir: Path) -> Engine:
     engine = Engine(workdir, compose_bin, owned=True, dockerd=popen, env=env)
     try:
         wait_for_sync(
-            lambda: engine.answers() or (popen.poll() is not None and _dockerd_died(engine)),
+            paced(lambda: engine.answers() or (popen.poll() is not None and _dockerd_died(engine)), 0.25),
             timeout_s=90,
             what="dockerd to answer `docker info`",
         )

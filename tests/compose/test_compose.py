@@ -20,7 +20,7 @@ import pytest
 from shared import keys
 from tests.compose.client import MODEL, Reply, all_healthy, endpoints_by_name, stream_chat, try_get_json
 from tests.compose.conftest import COMPOSE_FILES, PIER_IMAGE, PROJECT, TIMINGS, compose_env
-from tests.compose.engine import SOCKET, ComposeProject, Engine
+from tests.compose.engine import SOCKET, ComposeProject, Engine, paced
 from tests.harness import ROOT, Timeout, free_port, wait_for_sync
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
@@ -40,10 +40,10 @@ class Pier:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait(self, check: Callable[[], T | None], what: str, timeout_s: float = 60) -> T:
-        """`wait_for_sync`, with the services' recent logs in the failure message."""
+    def wait(self, check: Callable[[], T | None], what: str, timeout_s: float = 60, interval_s: float = 0.5) -> T:
+        """`wait_for_sync` (checking every `interval_s`), with the services' recent logs in the failure message."""
         try:
-            return wait_for_sync(check, timeout_s=timeout_s, what=what)
+            return wait_for_sync(paced(check, interval_s), timeout_s=timeout_s, what=what)
         except Timeout as exc:
             raise Timeout(f"{exc}\n--- recent logs ---\n{self.project.logs(tail=40)[-6000:]}") from None
 
@@ -102,9 +102,15 @@ def pier(engine: Engine, pier_image: str) -> Iterator[Pier]:
         TIMINGS["compose down --volumes"] = time.monotonic() - started
 
 
-def test_every_service_runs_healthy_as_non_root(pier: Pier) -> None:
+def test_every_service_runs_healthy_as_non_root_under_init_with_restart(pier: Pier) -> None:
     for service in ("redis", "health", "router", "warmup"):
         assert pier.project.health(service) == ["healthy"], service
+        (cid,) = pier.project.container_ids(service)
+        inspect = "{{.HostConfig.Init}} {{.HostConfig.RestartPolicy.Name}}"
+        assert pier.project.engine.docker("inspect", "--format", inspect, cid).stdout.split() == [
+            "true",
+            "unless-stopped",
+        ], service
     for service in ("health", "router", "warmup"):
         uid = pier.project("exec", "-T", service, "id", "-u", timeout_s=60).stdout.strip()
         assert uid != "0", f"{service} runs as root"
@@ -164,14 +170,41 @@ def test_router_serves_while_redis_is_stopped_and_recovers(pier: Pier) -> None:
     pier.wait(lambda: pier.project.health("health") == ["healthy"], "the health container healthy again", 90)
 
 
-def test_health_container_restart(pier: Pier) -> None:
+# Run inside the health container: SIGKILL the worker (a crash), not the init process that runs it.
+_CRASH_WORKER = """
+import os, signal
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\\0")
+    worker = os.path.basename(argv[0]).startswith(b"python") and b"services.health" in argv  # not docker-init
+    if worker and b"--check" not in argv and int(pid) != os.getpid():
+        os.kill(int(pid), signal.SIGKILL)
+        print(pid)
+"""
+
+
+def test_health_container_restarts_after_a_crash_and_on_request(pier: Pier) -> None:
+    (cid,) = pier.project.container_ids("health")
+    restarts = "{{.RestartCount}}"
+    assert pier.project.engine.docker("inspect", "--format", restarts, cid).stdout.strip() == "0"
+    killed = pier.project("exec", "-T", "health", "python", "-c", _CRASH_WORKER, timeout_s=60).stdout.split()
+    assert len(killed) == 1, killed
+    crashed_at = time.time()
+    # restart: unless-stopped brings the same container back by itself.
+    pier.wait(
+        lambda: pier.project.engine.docker("inspect", "--format", restarts, cid).stdout.strip() == "1",
+        "Docker to restart the crashed health container",
+    )
+    pier.wait(lambda: pier.project.health("health") == ["healthy"], "the restarted health container healthy", 90)
+    # The new worker takes the lease again and probes: state newer than the crash.
+    pier.wait(lambda: fresh_and_healthy(pier.base_url, crashed_at), "fresh state from the restarted worker")
+
     before = pier.started_at("health")
     pier.project("restart", "health", timeout_s=120)
     restarted_at = time.time()
     assert pier.started_at("health") != before
     pier.wait(lambda: pier.project.health("health") == ["healthy"], "the restarted health container healthy", 90)
-    # The restarted worker takes the lease again and probes: state newer than the restart.
-    pier.wait(lambda: fresh_and_healthy(pier.base_url, restarted_at), "fresh state from the restarted worker")
+    pier.wait(lambda: fresh_and_healthy(pier.base_url, restarted_at), "fresh state after docker compose restart")
     assert pier.chat().text.startswith("Hello from dmr-a")
 
 

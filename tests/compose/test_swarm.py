@@ -18,7 +18,7 @@ import pytest
 
 from tests.compose.client import stream_chat
 from tests.compose.conftest import HERE, PIER_IMAGE, TIMINGS
-from tests.compose.engine import LOCAL_REDIS, Engine
+from tests.compose.engine import LOCAL_REDIS, Engine, paced
 from tests.harness import ROOT, Timeout, free_port, wait_for_sync
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
@@ -130,7 +130,9 @@ def swarm(engine: Engine, pier_image: str) -> Iterator[Swarm]:
 def test_stack_runs_two_router_replicas_that_serve(swarm: Swarm) -> None:
     started = time.monotonic()
     try:
-        wait_for_sync(swarm.all_running, timeout_s=240, what="every stack service at its replica count, healthy")
+        wait_for_sync(
+            paced(swarm.all_running, 1.0), timeout_s=240, what="every stack service at its replica count, healthy"
+        )
     except Timeout as exc:
         raise Timeout(f"{exc}\n{swarm.diagnose()}") from None
     TIMINGS["stack services healthy"] = time.monotonic() - started
@@ -138,7 +140,7 @@ def test_stack_runs_two_router_replicas_that_serve(swarm: Swarm) -> None:
     # Both routers read the state the health leader published through the password-protected Redis.
     both = {"dmr-a": "healthy", "dmr-b": "healthy"}
     seen = wait_for_sync(
-        lambda: (r := swarm.ask_routers("status")) is not None and r["status"] == [both, both] and r,
+        paced(lambda: (r := swarm.ask_routers("status")) is not None and r["status"] == [both, both] and r, 1.0),
         timeout_s=120,
         what="both router replicas to see both emulators healthy",
     )

@@ -2,7 +2,8 @@
 
 Shape: `HealthWorker(settings, *, redis=None)`, `await run()`, `stop()`, `await close()`, `await run_once()`.
 Every worker beats a heartbeat; only the lease holder probes. Leading is one task (`_lead`) that owns the
-scheduler, the signal follower and Docker discovery; losing the lease or stopping cancels it whole.
+scheduler, the signal follower and the endpoint sources (`sources`); losing the lease or stopping cancels
+it whole.
 """
 
 from __future__ import annotations
@@ -11,21 +12,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from pathlib import Path
 
 import aiohttp
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
-from services.health import autodetect
-from services.health.discovery import DockerUnavailable, DockerWatcher, watch
-from services.health.labels import Discovery, merge_endpoints
 from services.health.lease import Lease
 from services.health.probe import Prober, create_session, plan_for
 from services.health.publisher import Publisher
 from services.health.scheduler import Scheduler
 from services.health.settings import HealthSettings
 from services.health.signals import follow_signals
+from services.health.sources import EndpointSources
 from services.health.tracker import next_state
 from shared import keys, statestore
 from shared.config import Endpoint, PierConfig
@@ -38,7 +36,6 @@ log = logging.getLogger(__name__)
 SERVICE = "health"
 HEARTBEAT_PERIOD_S = 1.0
 _CLOSE_REDIS_TIMEOUT_S = 1.5
-_DISCOVERY_FIRST_SYNC_S = 5.0
 
 
 class HealthWorker:
@@ -65,12 +62,7 @@ class HealthWorker:
         self._prober: Prober | None = None
         self._states: dict[str, EndpointState] = {}
         self._full_read_at: dict[str, float] = {}  # when every inventory route was last read (probe.Plan)
-        self._discovered: tuple[Endpoint, ...] = ()
-        self._auto: tuple[Endpoint, ...] = ()
-        self._docker: DockerWatcher | None = None
-        self._docker_unavailable = False  # PIER_DOCKER_DISCOVERY=auto found no Docker API at start
-        self._logged_clashes: set[str] = set()
-        self._logged_problems: set[str] = set()
+        self._sources = EndpointSources(settings, self.config, self._ensure_session)
         self._scheduler: Scheduler | None = None
         self._lead_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -130,8 +122,7 @@ class HealthWorker:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not release the lease or heartbeat: %s", exc)
         self._remove_id_file()
-        if self._docker is not None:
-            self._docker.close()
+        self._sources.close()
         if self._session is not None:
             await self._session.close()
         if self._owns_redis:
@@ -141,10 +132,8 @@ class HealthWorker:
         """Probe every endpoint once and publish, without lease or timers (tests, one-shot use)."""
         self._ensure_prober()
         await self._load_baseline()
-        await self._first_discovery()
-        if not self.config.endpoints and not self._auto:
-            await self._autodetect_once()
-        endpoints = self._table()
+        await self._sources.first_sync()
+        endpoints = self._sources.table()
         await asyncio.gather(*(self._tick(e) for e in endpoints))
         return [self._states[e.name] for e in endpoints if e.name in self._states]
 
@@ -266,16 +255,11 @@ class HealthWorker:
         self._scheduler = scheduler
         try:
             await self._load_baseline()
-            await self._first_discovery()
-            if not self.config.endpoints and not self._auto:
-                await self._autodetect_once()
+            await self._sources.first_sync()  # before pruning: discovered endpoints are not "gone"
             await self._apply_table(prune=True)
             async with asyncio.TaskGroup() as group:
                 group.create_task(follow_signals(self._redis, scheduler.poke), name="signals")
-                if self._docker is not None:
-                    group.create_task(self._watch_docker(self._docker), name="docker")
-                if not self.config.endpoints and not self._auto:
-                    group.create_task(self._autodetect_loop(), name="autodetect")
+                group.create_task(self._sources.follow(self._apply_table), name="sources")
         finally:
             self._scheduler = None
             await scheduler.close()
@@ -286,20 +270,13 @@ class HealthWorker:
         known = (self._publisher.last(name) for name in self._publisher.known_names())
         self._states = {state.name: state for state in known if state is not None}
 
-    def _table(self) -> tuple[Endpoint, ...]:
-        endpoints, clashes = merge_endpoints(self.config.endpoints, self._discovered, self._auto)
-        for clash in sorted(set(clashes) - self._logged_clashes):
-            log.warning("%s", clash)
-        self._logged_clashes = set(clashes)  # each clash is logged once, again only if it comes back
-        return endpoints
-
     async def _apply_table(self, *, prune: bool = False) -> None:
         """Swap the scheduler's endpoint table for the current one; remove the state of endpoints gone."""
         async with self._table_lock:
             scheduler = self._scheduler
             if scheduler is None:
                 return
-            table = self._table()
+            table = self._sources.table()
             change = await scheduler.update(table)
             gone = set(change.removed)
             if prune:
@@ -314,83 +291,7 @@ class HealthWorker:
             if change.added or change.changed:
                 log.info("probing %d endpoint(s); new: %s", len(table), ", ".join((*change.added, *change.changed)))
 
-    # ---- discovery and zero-config --------------------------------------------------------------------
-
-    async def _first_discovery(self) -> None:
-        """Decide whether Docker discovery runs, and take its first snapshot (before pruning old state)."""
-        mode = self.settings.docker_discovery
-        if mode == "off" or self._docker_unavailable:
-            return
-        if self._docker is None:
-            watcher = DockerWatcher(
-                docker_host=self.settings.docker_host,
-                profiles=self.config.profiles,
-                required_labels=self.settings.docker_label_filter,
-            )
-            try:
-                async with asyncio.timeout(_DISCOVERY_FIRST_SYNC_S):
-                    await watcher.connect()
-            except (DockerUnavailable, TimeoutError) as exc:
-                watcher.close()
-                if mode == "auto":
-                    log.info("Docker discovery off: the Docker API is not reachable (%s)", exc or "timeout")
-                    self._docker_unavailable = True
-                    return
-                log.warning("Docker discovery: the Docker API is not reachable yet (%s); will retry", exc)
-                self._docker = watcher
-                return
-            self._docker = watcher
-            log.info("Docker discovery on")
-        with contextlib.suppress(DockerUnavailable, TimeoutError):
-            async with asyncio.timeout(_DISCOVERY_FIRST_SYNC_S):
-                self._set_discovered(await self._docker.discover())
-
-    def _set_discovered(self, discovery: Discovery) -> None:
-        for problem in sorted(set(discovery.problems) - self._logged_problems):
-            log.warning("Docker discovery: %s", problem)
-        self._logged_problems = set(discovery.problems)
-        self._discovered = discovery.endpoints
-
-    async def _watch_docker(self, watcher: DockerWatcher) -> None:
-        async def apply(discovery: Discovery) -> None:
-            changed = discovery.endpoints != self._discovered
-            self._set_discovered(discovery)
-            if changed:
-                await self._apply_table()
-
-        await watch(watcher, apply, resync_interval_s=self.settings.discovery_resync_interval)
-
-    def _candidates(self) -> tuple[str, ...]:
-        if self.settings.autodetect_candidates:
-            return self.settings.autodetect_candidates
-        gateway = None
-        # The bridge gateway is DMR's address only from inside a container; on a host it is the LAN router.
-        if Path("/.dockerenv").exists():
-            with contextlib.suppress(OSError):
-                gateway = autodetect.default_gateway(Path("/proc/net/route").read_text())
-        return autodetect.default_candidates(gateway=gateway)
-
-    async def _autodetect_once(self) -> bool:
-        if any(e.type == "docker-model-runner" for e in self._discovered):
-            return False  # Docker discovery found DMR itself
-        candidates = self._candidates()
-        url = await autodetect.detect(
-            self._ensure_prober_session(), candidates, timeout_s=self.settings.autodetect_timeout
-        )
-        if url is None:
-            log.warning("no endpoint configured and no DMR answered at %s", ", ".join(candidates))
-            return False
-        log.info("no endpoint configured: adopted DMR at %s (tried %s)", url, ", ".join(candidates))
-        self._auto = (autodetect.auto_endpoint(url, self.config.profiles),)
-        return True
-
-    async def _autodetect_loop(self) -> None:
-        while not self._auto:
-            await asyncio.sleep(self.settings.discovery_resync_interval)
-            if await self._autodetect_once():
-                await self._apply_table()
-
-    def _ensure_prober_session(self) -> aiohttp.ClientSession:
+    def _ensure_session(self) -> aiohttp.ClientSession:
         self._ensure_prober()
         assert self._session is not None
         return self._session

@@ -118,3 +118,35 @@ async def test_killed_and_restarted_emulator(
     assert statuses == ["offline", "healthy"]
     # Back within the backoff wait in force when it returned (at most 12 x 1 s here).
     assert back.checked_at - down.checked_at < 1 + 2 + 4 + 8 + 12 + 5
+
+
+async def test_rate_limit_and_config_error_pacing(
+    procs: ProcessFactory, redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """429: no probe until Retry-After. 401: not a failure, so the interval stays 1 s (no backoff)."""
+    emu = start_emulator(procs)
+    config = write_config(tmp_path / "pier.yaml", endpoint_entry("emu", emu.url, interval="1s"))
+    health = start_health(procs, health_env(redis_url, tmp_path, config))
+    await wait_status(redis, "emu", EndpointStatus.HEALTHY, proc=health)
+
+    await emu.fault(mode="status", status=429, retry_after=4, count=1, paths=[HEALTH_PATH])
+    limited = await wait_status(redis, "emu", EndpointStatus.RATE_LIMITED, proc=health)
+    assert limited.retry_after_until is not None
+    assert limited.retry_after_until - limited.checked_at == pytest.approx(4.0, abs=0.01)
+    await wait_status(redis, "emu", EndpointStatus.HEALTHY, timeout_s=20, proc=health)
+    log = [r for r in await emu.requests() if r["path"] == HEALTH_PATH]
+    i = next(i for i, r in enumerate(log) if r["fault"] == "status")
+    gap_s = log[i + 1]["at"] - log[i]["at"]
+    print(f"gap after a 429 with Retry-After 4: {gap_s:.3f}s")
+    assert gap_s >= 3.9
+
+    await emu.fault(mode="status", status=401, count=4, paths=[HEALTH_PATH])
+    denied = await wait_status(redis, "emu", EndpointStatus.CONFIG_ERROR, proc=health)
+    assert denied.consecutive_failures == 0
+    await wait_status(redis, "emu", EndpointStatus.HEALTHY, timeout_s=20, proc=health)
+    log = [r for r in await emu.requests() if r["path"] == HEALTH_PATH]
+    faulted = [r["at"] for r in log if r["fault"] == "status"][1:]  # the four 401s
+    observed = gaps(faulted)
+    print("gaps between 401 probes:", observed)
+    assert len(observed) == 3
+    assert all(g == pytest.approx(1.0, abs=0.25) for g in observed)

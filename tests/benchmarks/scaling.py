@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import statestore
-from tests.benchmarks import contenders, measure, pier, procstat, wrk
+from tests.benchmarks import contenders, measure, pier, procstat, report, wrk
 from tests.benchmarks.layout import JSON_BODY, JSON_MODEL, Cores, base_env
 from tests.harness import ProcessFactory, wait_for_sync
 
@@ -126,6 +126,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['net_cpu_us_per_req']:,.0f} | {row['aux_cpu_us_per_req']:,.0f} "
             f"| {100 * row['foreign_cpu_share']:.0f} % | {row['errors']} |"
         )
+    worst = max(row["foreign_cpu_share"] for row in results["sizes"].values())
+    if worst >= report.NOISY_SHARE:
+        lines += [
+            "",
+            f"**Noisy run:** other work used up to {100 * worst:.0f} % of a core; CPU/request moves by tens of "
+            "percent between runs at this load. Rerun on a quiet machine before judging the target.",
+        ]
     growth = results.get("growth")
     verdict = "met" if results.get("met") else "**not met**"
     lines += [

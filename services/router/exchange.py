@@ -38,6 +38,13 @@ ERROR_BODY_LIMIT = 1024 * 1024  # error bodies read whole to normalise them; big
 _UNAVAILABLE = frozenset({502, 503, 504})
 
 
+class _Relay(web.StreamResponse):
+    """A streamed response whose headers go out with the first body bytes: one write instead of two when the
+    body is already here, and never later than the first write (an empty one flushes the headers alone)."""
+
+    _send_headers_immediately = False  # aiohttp's switch (web.Response uses it the same way)
+
+
 class Failover(Exception):
     """The endpoint failed before the client got a byte: the next candidate may take the request."""
 
@@ -56,6 +63,7 @@ class Call:
     request_id: str
     started: float  # loop time
     route: str  # X-Pier-Route
+    model: str  # `model` as the client sent it
     attempts: int = 0
 
 
@@ -67,6 +75,7 @@ class Exchanger:
         self._settings = settings
         self._circuits = circuits
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        self._loop = asyncio.get_running_loop()
 
     def _timeout(self, target: Target) -> aiohttp.ClientTimeout:
         # Connect is bounded per socket (a full pool is not the endpoint's fault); reads are bounded per
@@ -94,7 +103,7 @@ class Exchanger:
         `shield_load`: the model may be loading there, so a client leaving before the first byte must not
         close the upstream request (DMR aborts a load whose client went away).
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = call.started + target.request_timeout_s
         backoff_s = self._settings.loading_retry_initial_s
         stale_retry = True
@@ -169,10 +178,17 @@ class Exchanger:
         pending = self._session.request(
             call.request.method, url, data=body, headers=headers, timeout=self._timeout(target), allow_redirects=False
         )
-        if not shield_load:
-            async with asyncio.timeout(timeout_s):
-                return await pending
-        return await _shielded(pending, timeout_s, remaining_s)
+        if shield_load:
+            return await _shielded(pending, timeout_s, remaining_s)
+        if (
+            target.response_header_timeout_s >= target.request_timeout_s
+            and remaining_s >= 0.9 * target.request_timeout_s
+        ):
+            # The session's read timeout (the request timeout, between any two reads) already bounds the wait
+            # for the headers, within 10 % of the deadline: no second timer on the hot path.
+            return await pending
+        async with asyncio.timeout(timeout_s):
+            return await pending
 
     def _pier_headers(self, headers: CIMultiDict[str], call: Call, target: Target, model: str) -> None:
         headers[REQUEST_ID] = call.request_id
@@ -201,13 +217,18 @@ class Exchanger:
         """Stream the endpoint's answer to the client as it arrives (bounded memory, no coalescing)."""
         headers = downstream_headers(upstream.headers)
         self._pier_headers(headers, call, target, model)
-        out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        out = _Relay(status=upstream.status, reason=upstream.reason, headers=headers)
         finished = False
         try:
             await out.prepare(call.request)
-            if prefix:
-                await out.write(prefix)
             content = upstream.content
+            try:
+                ready = content.read_nowait()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                await self._cut(call, target, upstream, out, exc)
+                return out
+            # The headers leave now, with whatever body bytes are already here (often all of a JSON answer).
+            await out.write(prefix + ready if prefix else ready)
             while True:
                 try:
                     chunk = await content.readany()

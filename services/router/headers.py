@@ -41,23 +41,32 @@ REQUEST_ID = "X-Pier-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}")
 
 
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "upgrade"})
+
+
 def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
+    """Header names listed in `Connection` (hop-by-hop by declaration); the common values name none."""
     value = headers.get("Connection")
-    if not value:
+    if not value or value.lower() in _PLAIN_CONNECTION:
         return frozenset()
     return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
 
 
+_REQUEST_DROP_NAMES = tuple(sorted(_REQUEST_DROP))
+
+
 def upstream_headers(client: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
     """The client's headers as they go to an endpoint (before the endpoint's own headers are added)."""
-    drop = _REQUEST_DROP
-    if "Connection" in client:
-        drop = drop | _connection_tokens(client)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in client.items():
-        if name.lower() not in drop:
-            out.add(name, value)
+    out = client.copy()
+    if "Connection" in out:
+        for name in _connection_tokens(out):
+            out.popall(name, None)
+    for name in _REQUEST_DROP_NAMES:
+        out.popall(name, None)
     out["X-Request-ID"] = request_id
+    if "Accept-Encoding" not in out:
+        # Otherwise the HTTP client would ask for gzip on the client's behalf, and relay bytes it cannot read.
+        out["Accept-Encoding"] = "identity"
     return out
 
 

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,44 @@ class Api(StrEnum):
     ANTHROPIC_COUNT = "anthropic_count_tokens"
 
 
+_MODEL_KEY = b'"model"'
+_SPACE = b" \t\r\n"
+_KEY_FOLLOWS = re.compile(rb"[ \t\r\n]*:")
+_SIMPLE_VALUE = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*"([^"\\]{1,1024})"')
+
+
+def sniff_model(body: bytes) -> str | None:
+    """The body's `model` without parsing the JSON, or None when that is not certain (then parse it).
+
+    In valid JSON the bytes `"model"` preceded by `{` or `,` and followed by `:` are an object key (a quote
+    inside a string is escaped). With exactly one such key holding a plain string, that is the model; the
+    endpoint still validates the whole body (its 400s reach the client as JSON). Cost: one `find` pass.
+    """
+    if body[:1] != b"{":
+        return None
+    found = -1
+    start = 0
+    while (at := body.find(_MODEL_KEY, start)) >= 0:
+        start = at + len(_MODEL_KEY)
+        before = at - 1
+        while before > 0 and body[before] in _SPACE:
+            before -= 1
+        if body[before] not in b"{," or _KEY_FOLLOWS.match(body, start) is None:
+            continue
+        if found >= 0:
+            return None  # two `model` keys (one nested): let the parser decide
+        found = start
+    if found < 0:
+        return None
+    value = _SIMPLE_VALUE.match(body, found)
+    if value is None:
+        return None
+    try:
+        return value.group(1).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def parse_body(body: bytes) -> tuple[dict[str, Any], str | None]:
     """The JSON object and its `model` (None when absent); 400 for anything else."""
     if not body.strip():
@@ -94,16 +133,22 @@ class Proxy:
         self._ids = ids
         self._state: StateCache | None = None
         self._exchanger: Exchanger | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind_state(self, state: StateCache | None) -> None:
         self._state = state
 
     def bind_exchanger(self, exchanger: Exchanger | None) -> None:
+        """Called from the app's start-up (in its event loop) and shutdown."""
         self._exchanger = exchanger
+        self._loop = asyncio.get_running_loop() if exchanger is not None else None
 
     async def forward(self, request: web.Request, api: Api, op: str, engine: str | None) -> web.StreamResponse:
         """Handle one inference request end to end (errors are raised as `RouterError`)."""
-        started = asyncio.get_running_loop().time()
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the proxy is used outside the app's lifetime")
+        started = loop.time()
         request_id = self._ids.for_request(request.headers.get("X-Request-ID"))
         request[REQUEST_ID_KEY] = request_id
         if engine is not None and engine.lower() not in ENGINES:
@@ -112,10 +157,13 @@ class Proxy:
         if length is not None and length > self._settings.max_body_bytes:
             raise BodyTooLarge(f"request body of {length} bytes is over the limit of {self._settings.max_body_bytes}")
         body = await request.read()
-        data, model = parse_body(body)
-        decision = await self._decide(model, engine, api)
-        call = Call(request, Flavour.OPENAI if api is Api.OPENAI else Flavour.ANTHROPIC, request_id, started, "")
-        call.route = decision.reason
+        data: dict[str, Any] | None = None
+        model = sniff_model(body)
+        if model is None:
+            data, model = parse_body(body)
+        decision = await self._decide(loop, model, engine, api)
+        flavour = Flavour.OPENAI if api is Api.OPENAI else Flavour.ANTHROPIC
+        call = Call(request, flavour, request_id, started, decision.reason, model or "")
         return await self._walk(call, decision, data, body, api, op, engine)
 
     def _select(self, model: str | None, engine: str | None, api: Api) -> Decision:
@@ -133,9 +181,10 @@ class Proxy:
             rng=runtime.rng,
         )
 
-    async def _decide(self, model: str | None, engine: str | None, api: Api) -> Decision:
+    async def _decide(
+        self, loop: asyncio.AbstractEventLoop, model: str | None, engine: str | None, api: Api
+    ) -> Decision:
         """Select candidates; when every one is full, wait (bounded) for a slot and select again."""
-        loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
             decision = self._select(model, engine, api)
@@ -177,7 +226,7 @@ class Proxy:
         self,
         call: Call,
         decision: Decision,
-        data: dict[str, Any],
+        data: dict[str, Any] | None,
         body: bytes,
         api: Api,
         op: str,
@@ -206,7 +255,9 @@ class Proxy:
                 refused.append(name)
                 continue
             upstream_model = candidate.upstream_model
-            if upstream_model is not None and upstream_model != data.get("model"):
+            if upstream_model is not None and upstream_model != call.model:
+                if data is None:
+                    data = parse_body(body)[0]  # an alias: the one case where the body is rewritten
                 send = json.dumps({**data, "model": upstream_model}).encode()
                 model = normalise_model(upstream_model)
             else:

@@ -19,7 +19,7 @@ from services.router.errors import (
     normalise_upstream_error,
 )
 from services.router.headers import RequestIds, downstream_headers, upstream_headers, with_endpoint_headers
-from services.router.proxy import parse_body
+from services.router.proxy import parse_body, sniff_model
 
 
 def proxy_of(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -43,7 +43,13 @@ def test_client_credentials_origin_and_hop_by_hop_headers_stay_behind() -> None:
         ("X-Request-ID", "from-client"),
     )
     out = upstream_headers(client, "rid-1")
-    assert dict(out) == {"Content-Type": "application/json", "X-Custom": "kept", "X-Request-ID": "rid-1"}
+    assert dict(out) == {
+        "Content-Type": "application/json",
+        "X-Custom": "kept",
+        "X-Request-ID": "rid-1",
+        "Accept-Encoding": "identity",  # never gzip on the client's behalf
+    }
+    assert upstream_headers(proxy_of(("Accept-Encoding", "gzip")), "r")["Accept-Encoding"] == "gzip"
 
 
 def test_endpoint_headers_are_added_and_win() -> None:
@@ -128,6 +134,26 @@ def test_loading_message_detection() -> None:
     assert loading_message(b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}')
     assert not loading_message(b'{"error":{"code":503,"message":"busy","type":"unavailable_error"}}')
     assert not loading_message(b"service unavailable")
+
+
+@pytest.mark.parametrize(
+    ("body", "model"),
+    [
+        (b'{"model": "ai/smollm2", "messages": []}', "ai/smollm2"),
+        (b'{"messages": [{"content": "a \\"model\\": \\"x\\""}], "model" :\n "m1"}', "m1"),
+        (b'{ "stream": true,"model":"m2"}', "m2"),
+        (b'{"model": "a", "metadata": {"model": "b"}}', None),  # two keys: parse
+        (b'{"x\\"model": "evil"}', None),  # a key ending in `"model`, not `model`
+        (b'{"model": "caf\\u00e9"}', None),  # escapes: parse
+        (b'{"model": 3}', None),
+        (b'{"messages": []}', None),
+        (b'[{"model": "m"}]', None),
+    ],
+)
+def test_model_sniffing_is_exact_or_defers_to_the_parser(body: bytes, model: str | None) -> None:
+    assert sniff_model(body) == model
+    if model is not None:
+        assert json.loads(body)["model"] == model
 
 
 def test_body_parsing() -> None:

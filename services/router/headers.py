@@ -30,9 +30,19 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# `Expect` is answered by the router itself (the body is read before forwarding); `X-Request-ID` is replaced
-# by the router's request id so the endpoint's logs correlate with X-Pier-Request-ID.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "origin", "expect", "x-request-id"}
+# `Expect` is answered by the router itself (the body is read before forwarding); a compressed request body
+# arrives decompressed (aiohttp), so its `Content-Encoding` no longer applies; `X-Request-ID` is replaced by
+# the router's request id so the endpoint's logs correlate with X-Pier-Request-ID.
+_REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "content-encoding",
+    "authorization",
+    "cookie",
+    "origin",
+    "expect",
+    "x-request-id",
+}
 _RESPONSE_DROP = HOP_BY_HOP | {"set-cookie"}
 
 VIA = "1.1 pier"

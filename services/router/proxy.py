@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("pier.request_id", str)
 
+DMR_TYPE = "docker-model-runner"
+
 # DMR's engine names (`/engines/{engine}/v1/...`); any other name is a 404, as on DMR.
 ENGINES = frozenset({"llama.cpp", "vllm", "mlx", "sglang", "diffusers"})
 
@@ -115,6 +117,12 @@ def parse_body(body: bytes) -> tuple[dict[str, Any], str | None]:
     return data, model
 
 
+def _may_be_loading(target: Target, model: str) -> bool:
+    """Could `target` be loading `model` lazily right now? Only DMR loads on demand, and a model its
+    /engines/ps reports loaded is not loading. (Then a client leaving must not close the upstream request.)"""
+    return target.type == DMR_TYPE and model not in target.loaded
+
+
 class Proxy:
     """Routes and forwards inference requests. Its resources are bound by the app's cleanup contexts."""
 
@@ -151,8 +159,10 @@ class Proxy:
         started = loop.time()
         request_id = self._ids.for_request(request.headers.get("X-Request-ID"))
         request[REQUEST_ID_KEY] = request_id
-        if engine is not None and engine.lower() not in ENGINES:
-            raise RouteNotFound(f"unknown engine {engine!r}; DMR's engines are {', '.join(sorted(ENGINES))}")
+        if engine is not None:
+            engine = engine.lower()
+            if engine not in ENGINES:
+                raise RouteNotFound(f"unknown engine {engine!r}; DMR's engines are {', '.join(sorted(ENGINES))}")
         length = request.content_length
         if length is not None and length > self._settings.max_body_bytes:
             raise BodyTooLarge(f"request body of {length} bytes is over the limit of {self._settings.max_body_bytes}")
@@ -201,6 +211,11 @@ class Proxy:
                 )
 
     def _route_error(self, decision: Decision, model: str | None) -> RouterError:
+        err = self._route_error_of(decision, model)
+        err.headers = {**err.headers, "X-Pier-Route": decision.reason}
+        return err
+
+    def _route_error_of(self, decision: Decision, model: str | None) -> RouterError:
         retry_after_s = decision.retry_after_s or self._settings.retry_after_s
         error = decision.error
         if error is RouteError.NO_MODEL:
@@ -271,7 +286,7 @@ class Proxy:
             runtime.acquire(name)
             try:
                 return await exchanger.exchange(
-                    call, target, url, headers, send, model, shield_load=model not in target.loaded
+                    call, target, url, headers, send, model, shield_load=_may_be_loading(target, model)
                 )
             except Failover as exc:
                 last = exc.error

@@ -128,6 +128,10 @@ async def test_wrong_method_is_405_with_allow(http: aiohttp.ClientSession) -> No
         assert resp.status == 405
         assert resp.headers["Allow"] == "POST"
         assert (await error_of(resp))["code"] == "method_not_allowed"
+    async with http.put("/internal/health") as resp:
+        assert resp.status == 405
+        assert "GET" in resp.headers["Allow"]
+        assert (await error_of(resp))["code"] == "method_not_allowed"
 
 
 @pytest.mark.parametrize(

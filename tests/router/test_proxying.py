@@ -3,6 +3,7 @@ paths, query strings, the Anthropic passthrough, and the routes the router answe
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,19 @@ async def test_the_body_is_forwarded_as_sent(stack: Stack) -> None:
     record = await last_record(stack)
     assert lower(record["headers"])["content-length"] == str(len(raw))
     assert record["body"] == json.loads(raw)
+
+
+async def test_a_compressed_request_body_is_forwarded_decompressed(stack: Stack) -> None:
+    body = chat(note="gzip")
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{stack.url}{CHAT}", data=gzip.compress(json.dumps(body).encode()), headers=headers) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+    record = await last_record(stack)
+    assert record["body"] == body
+    assert "content-encoding" not in lower(record["headers"])
 
 
 async def test_an_alias_is_rewritten_to_the_real_name(stack: Stack) -> None:

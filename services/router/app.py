@@ -214,6 +214,9 @@ def build_app(settings: RouterSettings, config: PierConfig) -> web.Application:
                 await asyncio.wait_for(task, STATE_STOP_S)
             except TimeoutError:
                 log.warning("state cache did not stop in %ss; cancelled", STATE_STOP_S)
+            # Passive signals still on their way to the health worker (endpoints this router saw fail).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cache.drain_signals(), STATE_STOP_S)
             await cache.close()
 
     app.cleanup_ctx.append(session_ctx)

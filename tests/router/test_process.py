@@ -24,7 +24,10 @@ from tests.router.support import (
     get_json,
     read_sse,
     router_env,
+    start_emulator,
+    start_health,
     start_router,
+    wait_routable,
     write_config,
 )
 
@@ -226,6 +229,28 @@ async def test_redis_stopped_and_restarted_while_requests_keep_flowing(
         await flowing
     assert failures == []
     assert set(served[after:]) == {"e2"}
+
+
+async def test_router_starts_without_redis_and_catches_up_when_it_comes(
+    procs: ProcessFactory, tmp_path: Path, own_redis: RedisServer
+) -> None:
+    emu = start_emulator(procs, "e1")
+    config = write_config(tmp_path / "pier.yaml", [endpoint("e1", emu.url)])
+    own_redis.stop()
+    router = start_router(procs, own_redis.url, config)
+    assert not get_json(f"{router.url}/internal/status")["redis"]["connected"]
+    async with aiohttp.ClientSession(base_url=router.url) as http:
+        # No state at all: the configured endpoint is still tried, as a last resort, and says so.
+        async with http.post(CHAT, json=chat()) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Pier-Endpoint"] == "e1"
+            assert resp.headers["X-Pier-Route"].startswith("unknown-state;")
+        own_redis.restart()
+        start_health(procs, own_redis.url, tmp_path, config)
+        await wait_routable(router.url, ["e1"])
+        async with http.post(CHAT, json=chat()) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Pier-Route"].startswith("priority;")
 
 
 async def test_port_in_use_exits_1_with_one_line(tmp_path: Path, redis_url: str) -> None:

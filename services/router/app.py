@@ -18,17 +18,10 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from services.router.circuit import Circuits
-from services.router.errors import (
-    HeadersTooLarge,
-    InternalError,
-    RouterError,
-    error_response,
-    flavour_of,
-    from_http_exception,
-)
+from services.router.errors import answer_error, check_header_size
 from services.router.exchange import Exchanger
 from services.router.headers import RequestIds
-from services.router.proxy import REQUEST_ID_KEY, Api, Proxy
+from services.router.proxy import Api, Proxy
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.statecache import StateCache
@@ -59,30 +52,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def guarded(handler: Handler, max_header_bytes: int) -> Handler:
-    """The one error boundary, around every route: JSON in the route's API shape, never a traceback.
+    """The one error boundary, around every route but the inference ones (`Proxy.forward` holds its own, to
+    save a coroutine frame on the hot path): JSON in the route's API shape, never a traceback.
 
     (A wrapper per route rather than an aiohttp middleware: the same effect, less work per request.)
     """
 
     async def guard(request: web.Request) -> web.StreamResponse:
         try:
-            # aiohttp bounds each header line; the total is bounded here.
-            size = 0
-            for name, value in request.raw_headers:
-                size += len(name) + len(value) + 4
-            if size > max_header_bytes:
-                raise HeadersTooLarge(f"request headers of {size} bytes are over the limit of {max_header_bytes}")
+            check_header_size(request, max_header_bytes)
             return await handler(request)
-        except RouterError as exc:
-            error = exc
-        except web.HTTPException as exc:
-            error = from_http_exception(exc, request.method, request.path)
-        except Exception:
-            if request.writer.output_size > 0:
-                raise  # a response is under way: nothing can replace it (the connection is closed)
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            error = InternalError("internal error in the router (see its log)")
-        return error_response(error, flavour_of(request.path), request.get(REQUEST_ID_KEY))
+        except Exception as exc:
+            return answer_error(request, exc)
 
     return guard
 
@@ -94,13 +75,8 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 
 def _inference(proxy: Proxy, api: Api, op: str, *, engine_in_path: bool) -> Handler:
-    if engine_in_path:
-
-        async def with_engine(request: web.Request) -> web.StreamResponse:
-            return await proxy.forward(request, api, op, request.match_info["engine"])
-
-        return with_engine
-    return functools.partial(proxy.forward, api=api, op=op, engine=None)
+    # `forward` is the handler itself, error boundary included: no wrapper coroutine per request.
+    return functools.partial(proxy.forward, api=api, op=op, engine_in_path=engine_in_path)
 
 
 def add_fallback(router: web.UrlDispatcher, max_header_bytes: int) -> None:
@@ -127,19 +103,22 @@ def add_routes(app: web.Application, proxy: Proxy, status: StatusRoutes, max_hea
     def add(method: str, path: str, handler: Handler) -> None:
         router.add_route(method, path, guarded(handler, max_header_bytes))
 
+    def add_inference(path: str, handler: Handler) -> None:
+        router.add_route("POST", path, handler)  # guarded by `Proxy.forward` itself
+
     for prefix in PREFIXES:
         for op in OPS:
-            add("POST", f"{prefix}/{op}", _inference(proxy, Api.OPENAI, op, engine_in_path=False))
+            add_inference(f"{prefix}/{op}", _inference(proxy, Api.OPENAI, op, engine_in_path=False))
         add("GET", f"{prefix}/models", status.openai_models)
         add("GET", f"{prefix}/models/{{model:.+}}", status.openai_model)
     for prefix in ENGINE_PREFIXES:
         for op in OPS:
-            add("POST", f"{prefix}/{op}", _inference(proxy, Api.OPENAI, op, engine_in_path=True))
+            add_inference(f"{prefix}/{op}", _inference(proxy, Api.OPENAI, op, engine_in_path=True))
         add("GET", f"{prefix}/models", status.openai_models)
     for root in ANTHROPIC_ROOTS:
-        add("POST", f"{root}/messages", _inference(proxy, Api.ANTHROPIC, "messages", engine_in_path=False))
+        add_inference(f"{root}/messages", _inference(proxy, Api.ANTHROPIC, "messages", engine_in_path=False))
         count = _inference(proxy, Api.ANTHROPIC_COUNT, "messages/count_tokens", engine_in_path=False)
-        add("POST", f"{root}/messages/count_tokens", count)
+        add_inference(f"{root}/messages/count_tokens", count)
     for root in DMR_ROOTS:
         for method, path, what, command in MANAGEMENT:
             if root and path.startswith("/api/"):

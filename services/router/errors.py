@@ -9,11 +9,16 @@ text/plain) are rewritten into the same shapes with their message and status kep
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("pier.request_id", str)
 
 
 class Flavour(StrEnum):
@@ -247,3 +252,30 @@ def loading_message(body: bytes) -> bool:
     error = data.get("error") if isinstance(data, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     return isinstance(message, str) and "loading model" in message.lower()
+
+
+def check_header_size(request: web.Request, max_header_bytes: int) -> None:
+    """431 when the request's headers together exceed the limit (aiohttp bounds each line, not the total)."""
+    size = 0
+    for name, value in request.raw_headers:
+        size += len(name) + len(value) + 4
+    if size > max_header_bytes:
+        raise HeadersTooLarge(f"request headers of {size} bytes are over the limit of {max_header_bytes}")
+
+
+def answer_error(request: web.Request, exc: Exception) -> web.Response:
+    """The error boundary's answer for `exc`: JSON in the route's API shape, never a traceback.
+
+    Called from inside an `except` block; re-raises an unexpected error when a response is already under way
+    (nothing can replace it: the connection is closed).
+    """
+    if isinstance(exc, RouterError):
+        error = exc
+    elif isinstance(exc, web.HTTPException):
+        error = from_http_exception(exc, request.method, request.path)
+    else:
+        if request.writer.output_size > 0:
+            raise exc
+        log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+        error = InternalError("internal error in the router (see its log)")
+    return error_response(error, flavour_of(request.path), request.get(REQUEST_ID_KEY))

@@ -19,7 +19,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from services.router.circuit import Circuits
+from services.router.decisions import Decisions
 from services.router.errors import (
+    REQUEST_ID_KEY,
     BodyTooLarge,
     CapacityExceeded,
     CircuitOpen,
@@ -32,10 +34,12 @@ from services.router.errors import (
     RouteNotFound,
     RouterError,
     Unavailable,
+    answer_error,
+    check_header_size,
 )
 from services.router.exchange import Call, Exchanger, Failover
 from services.router.headers import RequestIds, upstream_headers, with_endpoint_headers
-from services.router.routing import Decision, RouteError, RouteRequest, select
+from services.router.routing import Decision, RouteError
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.table import Target
@@ -46,8 +50,6 @@ if TYPE_CHECKING:
     from services.router.statecache import StateCache
 
 log = logging.getLogger(__name__)
-
-REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("pier.request_id", str)
 
 DMR_TYPE = "docker-model-runner"
 
@@ -106,7 +108,9 @@ def parse_body(body: bytes) -> tuple[dict[str, Any], str | None]:
     if not body.strip():
         raise InvalidJSON("request body is empty; expected a JSON object")
     try:
-        data = json.loads(body)
+        data = json.loads(body.decode("utf-8-sig"))  # str: json skips its encoding detection
+    except UnicodeDecodeError:
+        raise InvalidJSON("request body is not valid UTF-8") from None
     except ValueError as exc:
         raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -135,10 +139,12 @@ class Proxy:
         ids: RequestIds,
     ) -> None:
         self._settings = settings
-        self._config = config
+        self._max_body_bytes = settings.max_body_bytes
+        self._max_header_bytes = settings.max_header_bytes
         self._runtime = runtime
         self._circuits = circuits
         self._ids = ids
+        self._decisions = Decisions(config, runtime, circuits)
         self._state: StateCache | None = None
         self._exchanger: Exchanger | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,64 +157,115 @@ class Proxy:
         self._exchanger = exchanger
         self._loop = asyncio.get_running_loop() if exchanger is not None else None
 
-    async def forward(self, request: web.Request, api: Api, op: str, engine: str | None) -> web.StreamResponse:
-        """Handle one inference request end to end (errors are raised as `RouterError`)."""
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("the proxy is used outside the app's lifetime")
-        started = loop.time()
-        request_id = self._ids.for_request(request.headers.get("X-Request-ID"))
-        request[REQUEST_ID_KEY] = request_id
-        if engine is not None:
-            engine = engine.lower()
-            if engine not in ENGINES:
-                raise RouteNotFound(f"unknown engine {engine!r}; DMR's engines are {', '.join(sorted(ENGINES))}")
-        length = request.content_length
-        if length is not None and length > self._settings.max_body_bytes:
-            raise BodyTooLarge(f"request body of {length} bytes is over the limit of {self._settings.max_body_bytes}")
-        body = await request.read()
-        data: dict[str, Any] | None = None
-        model = sniff_model(body)
-        if model is None:
-            data, model = parse_body(body)
-        decision = await self._decide(loop, model, engine, api)
-        flavour = Flavour.OPENAI if api is Api.OPENAI else Flavour.ANTHROPIC
-        call = Call(request, flavour, request_id, started, decision.reason, model or "")
-        return await self._walk(call, decision, data, body, api, op, engine)
+    async def forward(
+        self, request: web.Request, api: Api, op: str, engine_in_path: bool = False
+    ) -> web.StreamResponse:
+        """The handler of every inference route: route, then try the candidates in order until one answers.
 
-    def _select(self, model: str | None, engine: str | None, api: Api) -> Decision:
-        if self._state is None:
-            raise RuntimeError("the proxy is used before its state cache was bound")
-        runtime = self._runtime
-        return select(
-            self._state.table,
-            RouteRequest(model, engine, api is not Api.OPENAI),
-            balancer=self._config.load_balancer,
-            strategy=self._config.routing_strategy,
-            inflight=runtime.inflight,
-            blocked=self._circuits.blocked(),
-            rotation=runtime.next_rotation(),
-            rng=runtime.rng,
-        )
+        Failover happens only before the client got a byte. This coroutine is also the route's error boundary
+        (JSON errors, never a traceback) and walks the candidates itself: each frame between aiohttp and the
+        upstream call is paid again on every resumption of the request, so the chain is kept short.
+        """
+        try:
+            loop, exchanger, state = self._loop, self._exchanger, self._state
+            if loop is None or exchanger is None or state is None:
+                raise RuntimeError("the proxy is used outside the app's lifetime")
+            check_header_size(request, self._max_header_bytes)
+            started = loop.time()
+            request_id = self._ids.for_request(request.headers.get("X-Request-ID"))
+            request[REQUEST_ID_KEY] = request_id
+            engine: str | None = None
+            if engine_in_path:
+                engine = request.match_info["engine"].lower()
+                if engine not in ENGINES:
+                    raise RouteNotFound(f"unknown engine {engine!r}; DMR's engines are {', '.join(sorted(ENGINES))}")
+            length = request.content_length
+            if length is not None and length > self._max_body_bytes:
+                raise BodyTooLarge(f"request body of {length} bytes is over the limit of {self._max_body_bytes}")
+            body = await request.read()
+            data: dict[str, Any] | None = None
+            model = sniff_model(body)
+            if model is None:
+                data, model = parse_body(body)
+            anthropic = api is not Api.OPENAI
+            decision = self._decisions.decide(state.table, model, engine, anthropic)
+            if decision.error is not None or decision.all_full:
+                decision = await self._wait_for_room(loop, decision, model, engine, anthropic)
 
-    async def _decide(
-        self, loop: asyncio.AbstractEventLoop, model: str | None, engine: str | None, api: Api
+            flavour = Flavour.ANTHROPIC if anthropic else Flavour.OPENAI
+            call = Call(request, flavour, request_id, started, decision.reason, model or "")
+            runtime, circuits = self._runtime, self._circuits
+            query = request.rel_url.raw_query_string
+            base_headers: CIMultiDict[str] | None = None
+            last: RouterError | None = None
+            refused: list[str] = []
+            not_native = 0
+            for candidate in decision.candidates:
+                target = candidate.target
+                name = target.name
+                if anthropic and not target.anthropic_native:
+                    not_native += 1
+                    continue
+                if not runtime.has_room(name, target.max_concurrent):
+                    continue
+                if not circuits.allow(name):
+                    refused.append(name)
+                    continue
+                upstream_model = candidate.upstream_model
+                if upstream_model is not None and upstream_model != call.model:
+                    if data is None:
+                        data = parse_body(body)[0]  # an alias: the one case where the body is rewritten
+                    send = json.dumps({**data, "model": upstream_model}).encode()
+                    sent_model = normalise_model(upstream_model)
+                else:
+                    send = body
+                    sent_model = decision.model or ""
+                path = _path(target, api, op, engine)
+                url = URL(f"{target.url}{path}?{query}" if query else f"{target.url}{path}", encoded=True)
+                if base_headers is None:
+                    base_headers = upstream_headers(request.headers, request_id)
+                headers = with_endpoint_headers(base_headers, target.headers)
+                runtime.acquire(name)
+                try:
+                    return await exchanger.exchange(
+                        call, target, url, headers, send, sent_model, shield_load=_may_be_loading(target, sent_model)
+                    )
+                except Failover as exc:
+                    last = exc.error
+                    runtime.count("failovers")
+                    log.warning("endpoint %s failed before answering (%s): %s", name, request_id, exc.error.message)
+                    if exc.mark_down:
+                        state.mark_down(name, exc.error.message)
+                finally:
+                    runtime.release(name)
+                    circuits.settle(name)
+            raise self._exhausted(call, decision, last, refused, not_native)
+        except Exception as exc:
+            return answer_error(request, exc)
+
+    async def _wait_for_room(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        decision: Decision,
+        model: str | None,
+        engine: str | None,
+        anthropic: bool,
     ) -> Decision:
-        """Select candidates; when every one is full, wait (bounded) for a slot and select again."""
-        deadline: float | None = None
+        """A routing error, or every candidate full: wait (bounded) for a slot and decide again, or raise."""
+        deadline = loop.time() + self._settings.capacity_wait_s
         while True:
-            decision = self._select(model, engine, api)
             if decision.error is not None:
                 raise self._route_error(decision, model)
             if not decision.all_full:
                 return decision
-            if deadline is None:
-                deadline = loop.time() + self._settings.capacity_wait_s
             remaining = deadline - loop.time()
             if remaining <= 0 or not await self._runtime.wait_for_slot(remaining):
                 raise CapacityExceeded(
                     f"every endpoint that serves {model} is at its concurrency limit", retry_after_s=1
                 )
+            if self._state is None:
+                raise RuntimeError("the proxy is used outside the app's lifetime")
+            decision = self._decisions.decide(self._state.table, model, engine, anthropic)
 
     def _route_error(self, decision: Decision, model: str | None) -> RouterError:
         err = self._route_error_of(decision, model)
@@ -228,89 +285,34 @@ class Proxy:
             )
         return Unavailable(f"no endpoint that serves {model} is available now", retry_after_s=retry_after_s)
 
-    def _path(self, target: Target, api: Api, op: str, engine: str | None) -> str:
-        if api is Api.ANTHROPIC:
-            return target.anthropic_messages_path
-        if api is Api.ANTHROPIC_COUNT:
-            return target.anthropic_count_tokens_path
-        if engine is not None and target.engine_paths:
-            return f"/engines/{engine}/v1/{op}"
-        return f"{target.api_prefix}/{op}"
-
-    async def _walk(
-        self,
-        call: Call,
-        decision: Decision,
-        data: dict[str, Any] | None,
-        body: bytes,
-        api: Api,
-        op: str,
-        engine: str | None,
-    ) -> web.StreamResponse:
-        """Try the candidates in order until one answers; failover only before the client got a byte."""
-        exchanger, state = self._exchanger, self._state
-        if exchanger is None or state is None:
-            raise RuntimeError("the proxy is used before its resources were bound")
-        runtime, circuits = self._runtime, self._circuits
-        request = call.request
-        query = request.rel_url.raw_query_string
-        base_headers: CIMultiDict[str] | None = None
-        last: RouterError | None = None
-        refused: list[str] = []
-        not_native = 0
-        for candidate in decision.candidates:
-            target = candidate.target
-            name = target.name
-            if api is not Api.OPENAI and not target.anthropic_native:
-                not_native += 1
-                continue
-            if not runtime.has_room(name, target.max_concurrent):
-                continue
-            if not circuits.allow(name):
-                refused.append(name)
-                continue
-            upstream_model = candidate.upstream_model
-            if upstream_model is not None and upstream_model != call.model:
-                if data is None:
-                    data = parse_body(body)[0]  # an alias: the one case where the body is rewritten
-                send = json.dumps({**data, "model": upstream_model}).encode()
-                model = normalise_model(upstream_model)
-            else:
-                send = body
-                model = decision.model or ""
-            path = self._path(target, api, op, engine)
-            url = URL(f"{target.url}{path}?{query}" if query else f"{target.url}{path}", encoded=True)
-            if base_headers is None:
-                base_headers = upstream_headers(request.headers, call.request_id)
-            headers = with_endpoint_headers(base_headers, target.headers)
-            runtime.acquire(name)
-            try:
-                return await exchanger.exchange(
-                    call, target, url, headers, send, model, shield_load=_may_be_loading(target, model)
-                )
-            except Failover as exc:
-                last = exc.error
-                runtime.count("failovers")
-                log.warning("endpoint %s failed before answering (%s): %s", name, call.request_id, exc.error.message)
-                if exc.mark_down:
-                    state.mark_down(name, exc.error.message)
-            finally:
-                runtime.release(name)
-                circuits.settle(name)
+    def _exhausted(
+        self, call: Call, decision: Decision, last: RouterError | None, refused: list[str], not_native: int
+    ) -> RouterError:
+        """Why no candidate answered: the last endpoint's failure, open circuits, no native route, or capacity."""
         if last is not None:
             last.headers = {**last.headers, "X-Pier-Route": call.route, "X-Pier-Attempts": str(call.attempts)}
-            raise last
+            return last
         if refused:
-            wait_s = min(circuits.retry_after_s(name) for name in refused)
-            raise CircuitOpen(
+            wait_s = min(self._circuits.retry_after_s(name) for name in refused)
+            return CircuitOpen(
                 f"the circuit of every endpoint that serves {decision.model} is open ({', '.join(refused)})",
                 retry_after_s=max(1, math.ceil(wait_s)),
             )
         if not_native and not_native == len(decision.candidates):
-            raise Unavailable(
+            return Unavailable(
                 f"no endpoint that serves {decision.model} has a native Anthropic route",
                 retry_after_s=self._settings.retry_after_s,
             )
-        raise CapacityExceeded(
+        return CapacityExceeded(
             f"every endpoint that serves {decision.model} is at its concurrency limit", retry_after_s=1
         )
+
+
+def _path(target: Target, api: Api, op: str, engine: str | None) -> str:
+    if api is Api.ANTHROPIC:
+        return target.anthropic_messages_path
+    if api is Api.ANTHROPIC_COUNT:
+        return target.anthropic_count_tokens_path
+    if engine is not None and target.engine_paths:
+        return f"/engines/{engine}/v1/{op}"
+    return f"{target.api_prefix}/{op}"

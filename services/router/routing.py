@@ -55,6 +55,10 @@ class Decision:
     available_models: tuple[str, ...] = ()  # for the 404 body
     retry_after_s: int | None = None  # for the 503
     all_full: bool = False  # every candidate is at its concurrency limit (the app may wait, then 503)
+    # Neither `rotation`, `rng` nor `inflight` shaped it (every tier walked had one member, nothing was
+    # blocked, every candidate had room): the same table and request give this same decision for as long as
+    # nothing is blocked and every candidate with a concurrency limit still has room. A cache may reuse it.
+    stable: bool = False
 
 
 @dataclass(slots=True)
@@ -80,6 +84,7 @@ class _Walk:
     rewrite_to: str | None = None
     room: list[Candidate] = field(default_factory=list)
     full: list[Candidate] = field(default_factory=list)
+    varied: bool = False  # a balancer choice (a tier of several targets) shaped the order
 
     def accepts(self, target: Target) -> bool:
         if not self.allow_blocked and target.name in self.blocked:
@@ -129,6 +134,8 @@ def _order_tier(tier: Tier, walk: _Walk, need: int) -> list[tuple[Target, bool]]
     """The tier's acceptable targets in balancer order, each with "has room"; stops once `need` have room."""
     members = tier.targets
     count = len(members)
+    if count > 1:
+        walk.varied = True
     if walk.balancer is Balancer.LEAST_CONNECTIONS:
         return _least_connections(members, walk, need)
     if walk.balancer is Balancer.ROUND_ROBIN or count == 1:
@@ -268,7 +275,8 @@ def select(
         candidates = tuple(walk.room + walk.full)[: max(1, limit)]
         all_full = not walk.room
         reason = f"{mode};tier={candidates[0].target.priority};candidates={len(candidates)}"
-        return Decision(model, candidates, reason + (";all-full" if all_full else ""), all_full=all_full)
+        stable = not walk.varied and not blocked and not walk.full
+        return Decision(model, candidates, reason + (";all-full" if all_full else ""), all_full=all_full, stable=stable)
 
     if engine is not None and attempt(True, None)[1] is not None:
         return Decision(

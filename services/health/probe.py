@@ -7,6 +7,7 @@ older DMR lacks (404) is "absent", which is not a failure.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
+import yarl
 
 from services.health.backoff import parse_retry_after_s
 from services.health.classify import Aux, aux_kind_for_status, classify, describe_transport_error
@@ -95,11 +97,23 @@ def create_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
+        timeout=aiohttp.ClientTimeout(total=None),  # each request carries its endpoint's check_timeout
+        cookie_jar=aiohttp.DummyCookieJar(),  # probes never need cookies; filtering them costs per request
         auto_decompress=True,
         raise_for_status=False,
         headers={"User-Agent": "pier-health/0.1"},
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _timeout(total_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total_s)
+
+
+@functools.lru_cache(maxsize=8192)
+def _url(base: str, path: str) -> yarl.URL:
+    """Parsed once per endpoint and route, not on every probe."""
+    return yarl.URL(base + path)
 
 
 class Prober:
@@ -111,9 +125,9 @@ class Prober:
 
     async def _get(self, endpoint: Endpoint, path: str) -> _Answer:
         async with self._session.get(
-            endpoint.url + path,
+            _url(endpoint.url, path),
             headers=endpoint.headers,
-            timeout=aiohttp.ClientTimeout(total=endpoint.check_timeout_s),
+            timeout=_timeout(endpoint.check_timeout_s),
             allow_redirects=False,
         ) as resp:
             body = await resp.read()
@@ -171,8 +185,13 @@ class Prober:
         ):
             if wanted and path is not None:
                 reads[key] = self._aux(endpoint, path, parse)
-        # Only the reads that happen become tasks; a route the profile lacks is "absent", one not due "skipped".
-        done = dict(zip(reads, await asyncio.gather(*reads.values()), strict=True))
+        # Only the reads that happen run (concurrently when several); a route the profile lacks is "absent",
+        # one not due this time "skipped". The usual case is one read (/engines/ps): no task for it.
+        if len(reads) == 1:
+            ((key, read),) = reads.items()
+            done = {key: await read}
+        else:
+            done = dict(zip(reads, await asyncio.gather(*reads.values()), strict=True))
         absent: Aux[Any] = Aux("absent")
 
         def outcome(key: str, path: str | None) -> Aux[Any]:

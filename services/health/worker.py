@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SERVICE = "health"
 HEARTBEAT_PERIOD_S = 1.0
 _CLOSE_REDIS_TIMEOUT_S = 1.5
+_REDIS_OP_TIMEOUT_S = 5.0
 
 
 class HealthWorker:
@@ -169,8 +170,11 @@ class HealthWorker:
             self._states[endpoint.name] = decision.state
             span.set_attribute("pier.endpoint.status", decision.state.status.value)
             try:
-                events = await self._publisher.publish(decision.state)
-            except (RedisError, OSError) as exc:
+                # Bounded: the Redis client has no read timeout (blocking XREADs need none), and a hung
+                # Redis must not stall this endpoint's probing. A write that times out may still land.
+                async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
+                    events = await self._publisher.publish(decision.state)
+            except (RedisError, OSError, TimeoutError) as exc:
                 # One warning per Redis outage, not one per probe of every endpoint.
                 level = logging.DEBUG if self._publish_failing else logging.WARNING
                 log.log(level, "could not publish state of %s: %s", endpoint.name, exc)
@@ -189,13 +193,14 @@ class HealthWorker:
         failing = False
         while not self._stopping.is_set():
             try:
-                await statestore.beat(self._redis, SERVICE, self.instance_id, ttl_s=self.settings.heartbeat_ttl)
+                async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
+                    await statestore.beat(self._redis, SERVICE, self.instance_id, ttl_s=self.settings.heartbeat_ttl)
                 if failing:
                     log.info("heartbeat restored")
                 failing = False
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 if not failing:
-                    log.warning("heartbeat failed: %s", exc)
+                    log.warning("heartbeat failed: %s", exc or "timeout")
                 failing = True
             await self._pause(HEARTBEAT_PERIOD_S)
 
@@ -204,19 +209,24 @@ class HealthWorker:
         last_held = time.monotonic()
         while not self._stopping.is_set():
             self._check_lead_task()
+            holder: str | None = None
             try:
-                if self.leading:
-                    if await self._lease.renew():
-                        last_held = time.monotonic()
+                async with asyncio.timeout(period_s):
+                    if self.leading:
+                        held = await self._lease.renew()
+                        holder = None if held else await self._lease.holder()
                     else:
-                        log.warning("lost the lease to %s; standing by", await self._lease.holder())
-                        await self._stop_leading()
-                elif await self._lease.acquire():
-                    last_held = time.monotonic()
+                        held = await self._lease.acquire()
+                if held and not self.leading:
                     log.info("acquired the lease: leading")
                     self._lead_task = asyncio.create_task(self._lead(), name="lead")
-            except (RedisError, OSError) as exc:
-                log.warning("lease check failed: %s", exc)
+                elif not held and self.leading:
+                    log.warning("lost the lease to %s; standing by", holder)
+                    await self._stop_leading()
+                if held:
+                    last_held = time.monotonic()
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("lease check failed: %s", exc or "timeout")
                 if self.leading and time.monotonic() - last_held > self.settings.lease_ttl:
                     log.warning("lease expired while Redis was unreachable; standing by")
                     await self._stop_leading()

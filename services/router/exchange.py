@@ -28,7 +28,7 @@ from services.router.errors import (
     loading_message,
     normalise_upstream_error,
 )
-from services.router.headers import REQUEST_ID, downstream_headers
+from services.router.headers import downstream_headers, pier_headers
 from services.router.settings import RouterSettings
 from services.router.table import Target
 
@@ -180,11 +180,8 @@ class Exchanger:
         return Failover(UpstreamUnreachable(f"{what}: {_describe(exc)}"), mark_down=True)
 
     def _pier_headers(self, headers: CIMultiDict[str], call: Call, target: Target, model: str) -> None:
-        headers[REQUEST_ID] = call.request_id
-        headers["X-Pier-Endpoint"] = target.name
-        headers["X-Pier-Model"] = model
-        headers["X-Pier-Route"] = call.route
-        headers["X-Pier-Attempts"] = str(call.attempts)
+        for name, value in _pier_headers(call, target, model):
+            headers[name] = value
 
     def _error_response(
         self, call: Call, target: Target, upstream: aiohttp.ClientResponse, body: bytes, model: str
@@ -204,9 +201,9 @@ class Exchanger:
         self, call: Call, target: Target, upstream: aiohttp.ClientResponse, model: str, prefix: bytes
     ) -> web.StreamResponse:
         """Stream the endpoint's answer to the client as it arrives (bounded memory, no coalescing)."""
-        headers = downstream_headers(upstream.headers)
-        self._pier_headers(headers, call, target, model)
-        out = _Relay(status=upstream.status, reason=upstream.reason, headers=headers)
+        out = _Relay(status=upstream.status, reason=upstream.reason)
+        # Filled in place: passing `headers=` to the response would copy them once more.
+        downstream_headers(upstream.headers, out.headers, _pier_headers(call, target, model))
         finished = False
         try:
             await out.prepare(call.request)
@@ -258,6 +255,10 @@ class Exchanger:
         if transport is not None:
             # No terminating chunk: the client sees a broken stream, not a complete short one.
             transport.close()
+
+
+def _pier_headers(call: Call, target: Target, model: str) -> tuple[tuple[str, str], ...]:
+    return pier_headers(call.request_id, target.name, model, call.route, call.attempts)
 
 
 async def _shielded(

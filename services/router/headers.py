@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -47,6 +47,8 @@ _RESPONSE_DROP = HOP_BY_HOP | {"set-cookie"}
 
 VIA = "1.1 pier"
 REQUEST_ID = "X-Pier-Request-ID"
+PIER_NAMES = (REQUEST_ID, "X-Pier-Endpoint", "X-Pier-Model", "X-Pier-Route", "X-Pier-Attempts")
+_RESPONSE_DROP_FOR_PIER = _RESPONSE_DROP | {name.lower() for name in PIER_NAMES}
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}")
 
@@ -89,18 +91,43 @@ def with_endpoint_headers(base: CIMultiDict[str], extra: Mapping[str, str]) -> C
     return merged
 
 
-def downstream_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """An endpoint's response headers as the client gets them; `Via` gains the router."""
-    drop = _RESPONSE_DROP
+def downstream_headers(
+    upstream: CIMultiDictProxy[str], out: CIMultiDict[str] | None = None, pier: Sequence[tuple[str, str]] = ()
+) -> CIMultiDict[str]:
+    """An endpoint's response headers as the client gets them, plus the router's `pier` headers (from
+    `pier_headers`: they replace same-named ones); `Via` gains the router. Added to `out` (or a new one) in one
+    call: one pass, no copies."""
+    drop = _RESPONSE_DROP_FOR_PIER if pier else _RESPONSE_DROP
     if "Connection" in upstream:
         drop = drop | _connection_tokens(upstream)
-    out: CIMultiDict[str] = CIMultiDict()
+    kept: list[tuple[str, str]] = []
+    via: str | None = None
     for name, value in upstream.items():
-        if name.lower() not in drop:
-            out.add(name, value)
-    via = out.get("Via")
-    out["Via"] = f"{via}, {VIA}" if via else VIA
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "via":
+            via = f"{via}, {value}" if via else value
+        else:
+            kept.append((name, value))
+    kept.append(("Via", f"{via}, {VIA}" if via else VIA))
+    kept.extend(pier)
+    if out is None:
+        out = CIMultiDict()
+    out.extend(kept)
     return out
+
+
+def pier_headers(request_id: str, endpoint: str, model: str, route: str, attempts: int) -> tuple[tuple[str, str], ...]:
+    """The `X-Pier-*` headers of an answer relayed from an endpoint."""
+    # Same names, same order as PIER_NAMES (a literal: this runs on every request).
+    return (
+        (REQUEST_ID, request_id),
+        ("X-Pier-Endpoint", endpoint),
+        ("X-Pier-Model", model),
+        ("X-Pier-Route", route),
+        ("X-Pier-Attempts", str(attempts)),
+    )
 
 
 class RequestIds:

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import PierConfig, build_config, read_config_file
+from shared.durations import Seconds
 from shared.endpoints import SECRETS_DIR
 from shared.profiles import load_profiles
 
@@ -39,6 +40,8 @@ class CommonSettings(BaseSettings):
     log_level: str = "info"
     log_format: str = "text"
     instance_id: str = Field(default_factory=_default_instance_id)
+    # `--check` fails once this service has not beaten its heartbeat for this long (workers beat every second).
+    heartbeat_ttl_s: Seconds = Field(default=5.0, ge=2.0)
 
     @classmethod
     def load(cls, **overrides: Any) -> Self:

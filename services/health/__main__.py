@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_or_exit(HealthSettings.load)
     if args.check:
-        return check(settings.redis_url, SERVICE, settings.health_id_file, settings.heartbeat_ttl)
+        return check(settings.redis_url, SERVICE, settings.health_id_file, settings.heartbeat_ttl_s)
     setup_logging(SERVICE, settings.log_level, settings.log_format)
     config = load_or_exit(settings.pier_config)
     install_uvloop()

@@ -20,12 +20,10 @@ DEFAULT_ID_FILE = Path("/tmp/pier-health.id")
 class HealthSettings(CommonSettings):
     """Settings of `python -m services.health`. Built once in `__main__`, passed down."""
 
-    # PIER_BUSY_THRESHOLD: a probe that answers slower than this marks the endpoint `busy` (seconds).
-    busy_threshold: Seconds = Field(default=10.0, gt=0)
-    # PIER_LEASE_TTL: the leader lease lives this long without renewal; a standby takes over within 2x this.
-    lease_ttl: Seconds = Field(default=5.0, ge=1.0)
-    # PIER_HEARTBEAT_TTL: `--check` fails once this worker has not beaten for this long (beats every second).
-    heartbeat_ttl: Seconds = Field(default=5.0, ge=2.0)
+    # PIER_BUSY_THRESHOLD_S: a probe that answers slower than this marks the endpoint `busy` (seconds).
+    busy_threshold_s: Seconds = Field(default=10.0, gt=0)
+    # PIER_LEASE_TTL_S: the leader lease lives this long without renewal; a standby takes over within 2x this.
+    lease_ttl_s: Seconds = Field(default=5.0, ge=1.0)
     # PIER_HEALTH_ID_FILE: where the running worker records its instance id, so that `--check` (a separate
     # process in the same container) knows whose heartbeat to look at.
     health_id_file: Path = DEFAULT_ID_FILE
@@ -36,15 +34,15 @@ class HealthSettings(CommonSettings):
     # PIER_DOCKER_LABEL_FILTER: comma-separated `key=value` labels a container must also carry to be discovered
     # (e.g. `com.docker.compose.project=mystack`), for several Pier stacks sharing one Docker engine.
     docker_label_filter: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    # PIER_DISCOVERY_RESYNC_INTERVAL: full resync of discovered containers, on top of following events (seconds).
-    discovery_resync_interval: Seconds = Field(default=30.0, ge=1.0)
+    # PIER_DISCOVERY_RESYNC_INTERVAL_S: full resync of discovered containers, on top of following events (seconds).
+    discovery_resync_interval_s: Seconds = Field(default=30.0, ge=1.0)
     # PIER_AUTODETECT_CANDIDATES: comma-separated base URLs tried, in order, when no endpoint is configured.
     # Unset = the usual DMR addresses (see services.health.autodetect.default_candidates).
     autodetect_candidates: Annotated[tuple[str, ...], NoDecode] = ()
-    # PIER_AUTODETECT_TIMEOUT: how long each zero-config candidate may take to answer (seconds).
-    autodetect_timeout: Seconds = Field(default=2.0, gt=0)
-    # PIER_MAX_BACKOFF: the longest wait between probes of a failing endpoint (seconds).
-    max_backoff: Seconds = Field(default=60.0, ge=1.0)
+    # PIER_AUTODETECT_TIMEOUT_S: how long each zero-config candidate may take to answer (seconds).
+    autodetect_timeout_s: Seconds = Field(default=2.0, gt=0)
+    # PIER_MAX_BACKOFF_S: the longest wait between probes of a failing endpoint (seconds).
+    max_backoff_s: Seconds = Field(default=60.0, ge=1.0)
 
     @field_validator("autodetect_candidates", mode="before")
     @classmethod

@@ -115,7 +115,7 @@ class EndpointSources:
             if self._set_discovered(discovery):
                 await on_change()
 
-        await watch(watcher, apply, resync_interval_s=self._settings.discovery_resync_interval)
+        await watch(watcher, apply, resync_interval_s=self._settings.discovery_resync_interval_s)
 
     # ---- zero-config --------------------------------------------------------------------------------
 
@@ -133,7 +133,7 @@ class EndpointSources:
         if any(e.type == "docker-model-runner" for e in self._discovered):
             return False  # Docker discovery found DMR itself
         candidates = self._candidates()
-        url = await autodetect.detect(self._session(), candidates, timeout_s=self._settings.autodetect_timeout)
+        url = await autodetect.detect(self._session(), candidates, timeout_s=self._settings.autodetect_timeout_s)
         if url is None:
             log.warning("no endpoint configured and no DMR answered at %s", ", ".join(candidates))
             return False
@@ -143,6 +143,6 @@ class EndpointSources:
 
     async def _autodetect_loop(self, on_change: OnChange) -> None:
         while self._wants_autodetect():
-            await asyncio.sleep(self._settings.discovery_resync_interval)
+            await asyncio.sleep(self._settings.discovery_resync_interval_s)
             if await self._autodetect_once():
                 await on_change()

@@ -56,7 +56,7 @@ class HealthWorker:
         self._redis = redis if redis is not None else statestore.connect(settings.redis_url)
         self._owns_redis = redis is None
         self._publisher = Publisher(self._redis, writer=self.instance_id)
-        self._lease = Lease(self._redis, keys.HEALTH_LEASE, self.instance_id, ttl_s=settings.lease_ttl)
+        self._lease = Lease(self._redis, keys.HEALTH_LEASE, self.instance_id, ttl_s=settings.lease_ttl_s)
         # The global provider unless one is given (tests); a no-op until telemetry is configured.
         self._tracer = trace.get_tracer("pier.health", tracer_provider=tracer_provider)
         self._session: aiohttp.ClientSession | None = None
@@ -85,7 +85,7 @@ class HealthWorker:
             self.instance_id,
             len(self.config.endpoints),
             self.config.source,
-            self.settings.lease_ttl,
+            self.settings.lease_ttl_s,
         )
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -143,7 +143,7 @@ class HealthWorker:
     def _ensure_prober(self) -> Prober:
         if self._prober is None:
             self._session = create_session()
-            self._prober = Prober(self._session, busy_threshold_s=self.settings.busy_threshold)
+            self._prober = Prober(self._session, busy_threshold_s=self.settings.busy_threshold_s)
         return self._prober
 
     async def _tick(self, endpoint: Endpoint) -> float:
@@ -165,7 +165,7 @@ class HealthWorker:
                 result,
                 now=time.time(),
                 writer=self.instance_id,
-                max_backoff_s=self.settings.max_backoff,
+                max_backoff_s=self.settings.max_backoff_s,
             )
             self._states[endpoint.name] = decision.state
             span.set_attribute("pier.endpoint.status", decision.state.status.value)
@@ -194,7 +194,7 @@ class HealthWorker:
         while not self._stopping.is_set():
             try:
                 async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
-                    await statestore.beat(self._redis, SERVICE, self.instance_id, ttl_s=self.settings.heartbeat_ttl)
+                    await statestore.beat(self._redis, SERVICE, self.instance_id, ttl_s=self.settings.heartbeat_ttl_s)
                 if failing:
                     log.info("heartbeat restored")
                 failing = False
@@ -205,7 +205,7 @@ class HealthWorker:
             await self._pause(HEARTBEAT_PERIOD_S)
 
     async def _lease_loop(self) -> None:
-        period_s = self.settings.lease_ttl / 3
+        period_s = self.settings.lease_ttl_s / 3
         last_held = time.monotonic()
         while not self._stopping.is_set():
             self._check_lead_task()
@@ -227,7 +227,7 @@ class HealthWorker:
                     last_held = time.monotonic()
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("lease check failed: %s", exc or "timeout")
-                if self.leading and time.monotonic() - last_held > self.settings.lease_ttl:
+                if self.leading and time.monotonic() - last_held > self.settings.lease_ttl_s:
                     log.warning("lease expired while Redis was unreachable; standing by")
                     await self._stop_leading()
             await self._pause(period_s)

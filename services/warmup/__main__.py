@@ -19,7 +19,7 @@ def main() -> int:
     args = parser.parse_args()
     settings = load_or_exit(WarmupSettings.load)
     if args.check:
-        return check(settings.redis_url, SERVICE, settings.warmup_id_file, settings.heartbeat_ttl)
+        return check(settings.redis_url, SERVICE, settings.warmup_id_file, settings.heartbeat_ttl_s)
     config = load_or_exit(settings.pier_config)
     setup_logging(SERVICE, settings.log_level, settings.log_format)
     install_uvloop()

@@ -18,12 +18,10 @@ class WarmupSettings(CommonSettings):
 
     # PIER_WARMUP_MODELS: comma-separated models to keep loaded on every routable endpoint that has them pulled.
     warmup_models: Annotated[tuple[str, ...], NoDecode] = ()
-    # PIER_WARMUP_INTERVAL: how often the worker compares what is loaded with what should be (seconds).
-    warmup_interval: Seconds = Field(default=15.0, ge=1.0)
-    # PIER_WARMUP_TIMEOUT: how long one preload (a lazy model load) may take (seconds).
-    warmup_timeout: Seconds = Field(default=300.0, gt=0)
-    # PIER_HEARTBEAT_TTL: `--check` fails once this worker has not beaten for this long.
-    heartbeat_ttl: Seconds = Field(default=5.0, ge=2.0)
+    # PIER_WARMUP_INTERVAL_S: how often the worker compares what is loaded with what should be (seconds).
+    warmup_interval_s: Seconds = Field(default=15.0, ge=1.0)
+    # PIER_WARMUP_TIMEOUT_S: how long one preload (a lazy model load) may take (seconds).
+    warmup_timeout_s: Seconds = Field(default=300.0, gt=0)
     # PIER_WARMUP_ID_FILE: where the running worker records its instance id for `--check`.
     warmup_id_file: Path = Path("/tmp/pier-warmup.id")
 

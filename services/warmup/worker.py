@@ -52,7 +52,7 @@ class WarmupWorker:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            timeout = aiohttp.ClientTimeout(total=self.settings.warmup_timeout, connect=10)
+            timeout = aiohttp.ClientTimeout(total=self.settings.warmup_timeout_s, connect=10)
             self._session = aiohttp.ClientSession(timeout=timeout)
         return self._session
 
@@ -69,7 +69,7 @@ class WarmupWorker:
                 except RedisError as exc:
                     log.warning("redis unavailable, retrying: %s", exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=self.settings.warmup_interval)
+                    await asyncio.wait_for(self._stopping.wait(), timeout=self.settings.warmup_interval_s)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -137,7 +137,7 @@ class WarmupWorker:
             phase=phase,
             last_error=error,
             load_time_s=load_time_s,
-            ttl_s=max(60.0, 4 * self.settings.warmup_interval),
+            ttl_s=max(60.0, 4 * self.settings.warmup_interval_s),
             writer=self.settings.instance_id,
         )
         await statestore.write_warm_state(self.redis, warm)
@@ -155,7 +155,9 @@ class WarmupWorker:
     async def _beat_loop(self) -> None:
         while True:
             with contextlib.suppress(RedisError, OSError):
-                await statestore.beat(self.redis, SERVICE, self.settings.instance_id, ttl_s=self.settings.heartbeat_ttl)
+                await statestore.beat(
+                    self.redis, SERVICE, self.settings.instance_id, ttl_s=self.settings.heartbeat_ttl_s
+                )
             await asyncio.sleep(1.0)
 
     async def close(self) -> None:

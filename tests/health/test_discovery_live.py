@@ -121,7 +121,7 @@ async def test_labelled_containers_are_followed(
         PIER_DOCKER_DISCOVERY="on",
         PIER_DOCKER_LABEL_FILTER=f"pier.test={run_id}",
         # Long resync: what follows below must come from Docker's event stream.
-        PIER_DISCOVERY_RESYNC_INTERVAL="5m",
+        PIER_DISCOVERY_RESYNC_INTERVAL_S="5m",
     )
     health = start_health(procs, env)
     found = await wait_status(redis, "found", EndpointStatus.HEALTHY, proc=health)

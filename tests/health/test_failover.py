@@ -50,7 +50,7 @@ async def steady_gaps(emu: Emu, probes: int) -> list[float]:
 async def test_leader_failover(procs: ProcessFactory, redis: Redis, redis_url: str, tmp_path: Path) -> None:
     emu = start_emulator(procs)
     config = write_config(tmp_path / "pier.yaml", endpoint_entry("emu", emu.url, interval="1s"))
-    extra = {"PIER_LEASE_TTL": f"{LEASE_TTL_S:g}s"}
+    extra = {"PIER_LEASE_TTL_S": f"{LEASE_TTL_S:g}s"}
     a = start_health(procs, health_env(redis_url, tmp_path, config, instance="a", **extra))
     await wait_status(redis, "emu", EndpointStatus.HEALTHY, proc=a)
     assert await holder_is(redis, "a")

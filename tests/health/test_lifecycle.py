@@ -111,7 +111,7 @@ async def test_state_expires_when_the_worker_is_killed(
 @pytest.mark.parametrize(
     ("env", "config_text", "key"),
     [
-        ({"PIER_BUSY_THRESHOLD": "soon"}, None, "PIER_BUSY_THRESHOLD"),
+        ({"PIER_BUSY_THRESHOLD_S": "soon"}, None, "PIER_BUSY_THRESHOLD_S"),
         ({"PIER_DOCKER_DISCOVERY": "maybe"}, None, "PIER_DOCKER_DISCOVERY"),
         ({}, "endpoints:\n  - {name: a, url: 'ftp://x'}\n", "endpoints[0].url"),
         ({}, "endpoints:\n  - {name: a, url: 'http://x', check_interval: 1s, check_timeout: 2s}\n", "endpoints[0]"),
@@ -197,7 +197,7 @@ async def test_redis_restart_is_survived(procs: ProcessFactory, own_redis: Redis
     """Redis goes away and comes back empty: the worker keeps running, re-takes the lease, republishes."""
     emu = start_emulator(procs)
     config = write_config(tmp_path / "pier.yaml", endpoint_entry("emu", emu.url, interval="1s"))
-    health = start_health(procs, health_env(own_redis.url, tmp_path, config, PIER_LEASE_TTL="2s"))
+    health = start_health(procs, health_env(own_redis.url, tmp_path, config, PIER_LEASE_TTL_S="2s"))
     client: Redis = Redis.from_url(own_redis.url, decode_responses=True)
     try:
         await wait_status(client, "emu", EndpointStatus.HEALTHY, proc=health)

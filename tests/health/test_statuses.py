@@ -27,7 +27,7 @@ TIMEOUT_S = 0.8
 async def probe_once(redis: Redis, redis_url: str, tmp_path: Path, url: str) -> EndpointState:
     settings = HealthSettings(
         redis_url=redis_url,
-        busy_threshold=BUSY_THRESHOLD_S,
+        busy_threshold_s=BUSY_THRESHOLD_S,
         docker_discovery="off",
         health_id_file=tmp_path / "id",
         instance_id="once",

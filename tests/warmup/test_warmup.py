@@ -108,7 +108,7 @@ def run_check(env: dict[str, str]) -> int:
 
 
 async def test_check_follows_the_heartbeat(procs: ProcessFactory, redis_url: str, tmp_path: Path) -> None:
-    env = {"PIER_REDIS_URL": redis_url, "PIER_WARMUP_ID_FILE": str(tmp_path / "id"), "PIER_HEARTBEAT_TTL": "2s"}
+    env = {"PIER_REDIS_URL": redis_url, "PIER_WARMUP_ID_FILE": str(tmp_path / "id"), "PIER_HEARTBEAT_TTL_S": "2s"}
     check_env = {**procs.base_env, **env}
     assert run_check(check_env) == 1  # nothing running yet
     worker = procs.python("warmup", "services.warmup", env=env)

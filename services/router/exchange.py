@@ -213,8 +213,16 @@ class Exchanger:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 await self._cut(call, target, upstream, out, exc)
                 return out
-            # The headers leave now, with whatever body bytes are already here (often all of a JSON answer).
-            await out.write(prefix + ready if prefix else ready)
+            if prefix:
+                ready = prefix + ready
+            if content.at_eof():
+                # The whole answer is here (the common non-streaming case): headers, body and end in one write.
+                finished = True
+                upstream.release()
+                await out.write_eof(ready)
+                return out
+            # The headers leave now, with whatever body bytes are already here.
+            await out.write(ready)
             while True:
                 try:
                     chunk = await content.readany()

@@ -191,7 +191,7 @@ def run(endpoints: int, interval_s: float, timeout_s: float, warmup_s: float, du
         started = time.monotonic()
         wait_for_sync(lambda: all_healthy(redis.url, endpoints), timeout_s=60, what=f"{endpoints} healthy endpoints")
         print(f"health worker pid {health.pid}: {endpoints} endpoints healthy after {time.monotonic() - started:.1f}s")
-        time.sleep(warmup_s)
+        time.sleep(warmup_s)  # let start-up work settle before the measuring window opens
         result = measure(redis.url, health.pid, endpoints, interval_s, timeout_s, duration_s)
         if health.poll() is not None:
             raise SystemExit(f"bench_health: the health worker exited; see {workdir / 'health.log'}")

@@ -7,6 +7,7 @@ shape, Olla shape, DMR's inventory and `ps`) show only routable endpoints: what 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from services.router.table import RoutingTable, Target
@@ -27,6 +28,20 @@ def _pulled(target: Target) -> dict[str, PulledModel]:
     return {p.name: p for p in target.state.pulled if p.name in target.models}
 
 
+def _served(table: RoutingTable) -> Iterator[tuple[str, Target, PulledModel | None]]:
+    """Every (model, routable target serving it, its pulled details), targets in priority order."""
+    for target in _routable(table):
+        pulled = _pulled(target)
+        for model in sorted(target.models):
+            yield model, target, pulled.get(model)
+
+
+def _take_created(entry: dict[str, Any], details: PulledModel) -> None:
+    # `created` comes from the first endpoint, in priority order, whose inventory reports it.
+    if not entry["created"] and details.created:
+        entry["created"] = details.created
+
+
 def _dmr_details(pulled: PulledModel) -> dict[str, Any]:
     """DMR's `dmr` object of a listing entry (all fields optional), from the pulled model's details."""
     fields: dict[str, Any] = {
@@ -45,27 +60,23 @@ def openai_models(table: RoutingTable) -> dict[str, Any]:
     `dmr` (and `created`) come from the first endpoint, in priority order, whose inventory has them.
     """
     entries: dict[str, dict[str, Any]] = {}
-    for target in _routable(table):
-        pulled = _pulled(target)
-        for model in sorted(target.models):
-            entry = entries.get(model)
-            if entry is None:
-                entry = entries[model] = {
-                    "id": model,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "docker" if target.type == DMR_TYPE else "pier",
-                    "pier": {"endpoints": [], "loaded_on": []},
-                }
-            details = pulled.get(model)
-            if details is not None:
-                if not entry["created"] and details.created:
-                    entry["created"] = details.created
-                if "dmr" not in entry and (dmr := _dmr_details(details)):
-                    entry["dmr"] = dmr
-            entry["pier"]["endpoints"].append(target.name)
-            if model in target.loaded:
-                entry["pier"]["loaded_on"].append(target.name)
+    for model, target, details in _served(table):
+        entry = entries.get(model)
+        if entry is None:
+            entry = entries[model] = {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "docker" if target.type == DMR_TYPE else "pier",
+                "pier": {"endpoints": [], "loaded_on": []},
+            }
+        if details is not None:
+            _take_created(entry, details)
+            if "dmr" not in entry and (dmr := _dmr_details(details)):
+                entry["dmr"] = dmr
+        entry["pier"]["endpoints"].append(target.name)
+        if model in target.loaded:
+            entry["pier"]["loaded_on"].append(target.name)
     return {"object": "list", "data": [entries[m] for m in sorted(entries)]}
 
 
@@ -89,37 +100,31 @@ def olla_models(table: RoutingTable) -> dict[str, Any]:
     """`/olla/models`: Olla's unified list (OpenAI list with an `olla` object per model)."""
     aliases = _aliases_by_model(table)
     entries: dict[str, dict[str, Any]] = {}
-    for target in _routable(table):
-        pulled = _pulled(target)
-        for model in sorted(target.models):
-            entry = entries.get(model)
-            if entry is None:
-                entry = entries[model] = {
-                    "id": model,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "pier",
-                    "olla": {"aliases": list(aliases.get(model, [])), "availability": []},
-                }
-            olla = entry["olla"]
-            details = pulled.get(model)
-            if details is not None:
-                if not entry["created"] and details.created:
-                    entry["created"] = details.created
-                for tag in details.tags:
-                    if tag != model and tag not in olla["aliases"]:
-                        olla["aliases"].append(tag)
-                for key, value in (
-                    ("format", details.format),
-                    ("parameter_size", details.parameters),
-                    ("quantization", details.quantization),
-                    ("max_context_length", details.context_size),
-                ):
-                    if value is not None:
-                        olla.setdefault(key, value)
-            olla["availability"].append(
-                {"endpoint": target.name, "url": target.url, "state": _availability(target, model)}
-            )
+    for model, target, details in _served(table):
+        entry = entries.get(model)
+        if entry is None:
+            entry = entries[model] = {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "pier",
+                "olla": {"aliases": list(aliases.get(model, [])), "availability": []},
+            }
+        olla = entry["olla"]
+        if details is not None:
+            _take_created(entry, details)
+            for tag in details.tags:
+                if tag != model and tag not in olla["aliases"]:
+                    olla["aliases"].append(tag)
+            for key, value in (
+                ("format", details.format),
+                ("parameter_size", details.parameters),
+                ("quantization", details.quantization),
+                ("max_context_length", details.context_size),
+            ):
+                if value is not None:
+                    olla.setdefault(key, value)
+        olla["availability"].append({"endpoint": target.name, "url": target.url, "state": _availability(target, model)})
     return {"object": "list", "data": [entries[m] for m in sorted(entries)]}
 
 

@@ -1,7 +1,7 @@
 """The router's aiohttp application: routes, the one error boundary, and its resources as cleanup contexts.
 
 Resources (each created inside the app's lifecycle, stored under a typed `web.AppKey`, closed on exit):
-the upstream `ClientSession` (one per process, pooled keep-alive connections per endpoint, explicit timeouts)
+the `UpstreamPool` (one per process: keep-alive connections per endpoint, explicit timeouts)
 and the `StateCache` with its background task (it owns its Redis client).
 """
 
@@ -13,7 +13,6 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -26,6 +25,7 @@ from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.statecache import StateCache
 from services.router.status import MANAGEMENT, StatusRoutes
+from services.router.upstream import UpstreamPool
 from shared.config import PierConfig
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ SETTINGS: web.AppKey[RouterSettings] = web.AppKey("pier.settings", RouterSetting
 CONFIG: web.AppKey[PierConfig] = web.AppKey("pier.config", PierConfig)
 RUNTIME: web.AppKey[Runtime] = web.AppKey("pier.runtime", Runtime)
 CIRCUITS: web.AppKey[Circuits] = web.AppKey("pier.circuits", Circuits)
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("pier.session", aiohttp.ClientSession)
+POOL: web.AppKey[UpstreamPool] = web.AppKey("pier.upstream", UpstreamPool)
 STATE: web.AppKey[StateCache] = web.AppKey("pier.state", StateCache)
 
 STARTUP_SNAPSHOT_S = 3.0  # wait this long for the first Redis snapshot before serving from the config alone
@@ -151,27 +151,16 @@ def build_app(settings: RouterSettings, config: PierConfig) -> web.Application:
     app[RUNTIME] = runtime
     app[CIRCUITS] = circuits
 
-    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(
-            limit=settings.upstream_pool_size,
-            limit_per_host=0,
-            keepalive_timeout=settings.upstream_keepalive_s,
-            ttl_dns_cache=10,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=False,  # bytes pass through as the endpoint encoded them
-            cookie_jar=aiohttp.DummyCookieJar(),  # never keep an endpoint's cookies
-            trust_env=False,
-        )
-        app[SESSION] = session
-        proxy.bind_exchanger(Exchanger(session, settings, circuits))
+    async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Bytes pass through as the endpoint encoded them; no cookies are kept; no proxy from the environment.
+        pool = UpstreamPool(keepalive_s=settings.upstream_keepalive_s, limit=settings.upstream_pool_size)
+        app[POOL] = pool
+        proxy.bind_exchanger(Exchanger(pool, settings, circuits))
         try:
             yield
         finally:
             proxy.bind_exchanger(None)
-            await session.close()
+            await pool.close()
 
     async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         cache = StateCache(
@@ -198,7 +187,7 @@ def build_app(settings: RouterSettings, config: PierConfig) -> web.Application:
                 await asyncio.wait_for(cache.drain_signals(), STATE_STOP_S)
             await cache.close()
 
-    app.cleanup_ctx.append(session_ctx)
+    app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(state_ctx)
     add_routes(app, proxy, status, settings.max_header_bytes)
     return app

@@ -14,10 +14,8 @@ import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from services.router.circuit import Circuits
 from services.router.errors import (
@@ -31,6 +29,7 @@ from services.router.errors import (
 from services.router.headers import downstream_headers, pier_headers
 from services.router.settings import RouterSettings
 from services.router.table import Target
+from services.router.upstream import BadResponse, Origin, UpstreamDisconnected, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -68,30 +67,20 @@ class Call:
 
 
 class Exchanger:
-    """Talks to endpoints through the process's one `ClientSession`."""
+    """Talks to endpoints through the process's one `UpstreamPool`."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: RouterSettings, circuits: Circuits) -> None:
-        self._session = session
+    def __init__(self, pool: UpstreamPool, settings: RouterSettings, circuits: Circuits) -> None:
+        self._pool = pool
         self._settings = settings
         self._circuits = circuits
-        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
         self._loop = asyncio.get_running_loop()
-
-    def _timeout(self, target: Target) -> aiohttp.ClientTimeout:
-        # Connect is bounded per socket (a full pool is not the endpoint's fault); reads are bounded per
-        # chunk by the request timeout; the wait for response headers is bounded by the caller.
-        key = (target.connect_timeout_s, target.request_timeout_s)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=key[0], sock_read=key[1])
-            self._timeouts[key] = timeout
-        return timeout
 
     async def exchange(
         self,
         call: Call,
         target: Target,
-        url: URL,
+        origin: Origin,
+        path: str,
         headers: CIMultiDict[str],
         body: bytes,
         model: str,
@@ -100,16 +89,15 @@ class Exchanger:
     ) -> web.StreamResponse:
         """Send the request to `target` and answer the client; `Failover` when the endpoint failed first.
 
-        `shield_load`: the model may be loading there, so a client leaving before the first byte must not
-        close the upstream request (DMR aborts a load whose client went away).
+        `path` is the request target (path and query) under the endpoint's URL. `shield_load`: the model may be
+        loading there, so a client leaving before the first byte must not close the upstream request (DMR aborts
+        a load whose client went away).
         """
         loop = self._loop
         deadline = call.started + target.request_timeout_s
         backoff_s = self._settings.loading_retry_initial_s
         stale_retry = True
-        timeout = self._timeout(target)
-        header_timeout_s = target.response_header_timeout_s
-        read_covers_headers = header_timeout_s >= target.request_timeout_s
+        method = call.request.method
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -117,22 +105,26 @@ class Exchanger:
                 raise Failover(late, mark_down=False)
             call.attempts += 1
             # The send is inline (not a helper coroutine): one frame less on every resumption of the request.
-            pending = self._session.request(
-                call.request.method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            # Reads of the body are bounded one by one by the request timeout (as a socket read timeout).
+            head_timeout_s = min(target.response_header_timeout_s, remaining)
+            pending = self._pool.request(
+                origin,
+                method,
+                path,
+                headers.items(),
+                body,
+                connect_timeout_s=target.connect_timeout_s,
+                head_timeout_s=None if shield_load else head_timeout_s,
+                read_timeout_s=target.request_timeout_s,
             )
             try:
                 if shield_load:
-                    upstream = await _shielded(pending, min(header_timeout_s, remaining), remaining)
-                elif read_covers_headers and remaining >= 0.9 * target.request_timeout_s:
-                    # The session's read timeout (the request timeout, between any two reads) already bounds the
-                    # wait for the headers, within 10 % of the deadline: no second timer on the hot path.
-                    upstream = await pending
+                    upstream = await _shielded(pending, head_timeout_s, remaining)
                 else:
-                    async with asyncio.timeout(min(header_timeout_s, remaining)):
-                        upstream = await pending
-            except aiohttp.ServerDisconnectedError as exc:
+                    upstream = await pending
+            except UpstreamDisconnected as exc:
                 # Most often a pooled keep-alive connection the endpoint had just closed: one fresh try.
-                if stale_retry:
+                if exc.reused and stale_retry:
                     stale_retry = False
                     continue
                 raise self._transport_failover(target, exc, f"endpoint {target.name} closed the connection") from exc
@@ -140,9 +132,9 @@ class Exchanger:
                 err: RouterError = UpstreamTimeout(f"endpoint {target.name} did not answer in time ({_describe(exc)})")
                 self._circuits.failure(target.name, "timeout")
                 raise Failover(err, mark_down=True) from exc
-            except (aiohttp.ClientConnectionError, OSError) as exc:
+            except OSError as exc:
                 raise self._transport_failover(target, exc, f"cannot reach endpoint {target.name}") from exc
-            except aiohttp.ClientError as exc:
+            except BadResponse as exc:
                 self._circuits.failure(target.name, "bad response")
                 err = UpstreamUnreachable(f"endpoint {target.name} sent a bad response: {_describe(exc)}")
                 raise Failover(err, mark_down=False) from exc
@@ -153,7 +145,7 @@ class Exchanger:
                 return await self._relay(call, target, upstream, model, b"")
             try:
                 error_body, complete = await _read_bounded(upstream, ERROR_BODY_LIMIT)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (BadResponse, OSError) as exc:
                 upstream.close()
                 self._circuits.failure(target.name, "error body cut")
                 err = UpstreamUnreachable(f"endpoint {target.name} cut its error response: {_describe(exc)}")
@@ -184,7 +176,7 @@ class Exchanger:
             headers[name] = value
 
     def _error_response(
-        self, call: Call, target: Target, upstream: aiohttp.ClientResponse, body: bytes, model: str
+        self, call: Call, target: Target, upstream: UpstreamResponse, body: bytes, model: str
     ) -> web.Response:
         headers = downstream_headers(upstream.headers)
         headers.popall("Content-Length", None)
@@ -198,7 +190,7 @@ class Exchanger:
         return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
 
     async def _relay(
-        self, call: Call, target: Target, upstream: aiohttp.ClientResponse, model: str, prefix: bytes
+        self, call: Call, target: Target, upstream: UpstreamResponse, model: str, prefix: bytes
     ) -> web.StreamResponse:
         """Stream the endpoint's answer to the client as it arrives (bounded memory, no coalescing)."""
         out = _Relay(status=upstream.status, reason=upstream.reason)
@@ -207,15 +199,14 @@ class Exchanger:
         finished = False
         try:
             await out.prepare(call.request)
-            content = upstream.content
             try:
-                ready = content.read_nowait()
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                ready = upstream.read_nowait()
+            except (BadResponse, OSError) as exc:
                 await self._cut(call, target, upstream, out, exc)
                 return out
             if prefix:
                 ready = prefix + ready
-            if content.at_eof():
+            if upstream.at_eof():
                 # The whole answer is here (the common non-streaming case): headers, body and end in one write.
                 finished = True
                 upstream.release()
@@ -225,8 +216,8 @@ class Exchanger:
             await out.write(ready)
             while True:
                 try:
-                    chunk = await content.readany()
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    chunk = await upstream.readany()
+                except (BadResponse, OSError) as exc:
                     await self._cut(call, target, upstream, out, exc)
                     return out
                 if not chunk:
@@ -247,7 +238,7 @@ class Exchanger:
         self,
         call: Call,
         target: Target,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         out: web.StreamResponse,
         exc: BaseException,
     ) -> None:
@@ -269,15 +260,13 @@ def _pier_headers(call: Call, target: Target, model: str) -> tuple[tuple[str, st
     return pier_headers(call.request_id, target.name, model, call.route, call.attempts)
 
 
-async def _shielded(
-    pending: Awaitable[aiohttp.ClientResponse], timeout_s: float, remaining_s: float
-) -> aiohttp.ClientResponse:
+async def _shielded(pending: Awaitable[UpstreamResponse], timeout_s: float, remaining_s: float) -> UpstreamResponse:
     """Wait for response headers in a task the client's departure does not cancel.
 
     When the client leaves, keep waiting for the first byte (bounded by the request's deadline) so the
     endpoint finishes loading the model, then close the upstream request.
     """
-    task: asyncio.Future[aiohttp.ClientResponse] = asyncio.ensure_future(pending)
+    task: asyncio.Future[UpstreamResponse] = asyncio.ensure_future(pending)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + remaining_s
     try:
@@ -291,7 +280,7 @@ async def _shielded(
     return task.result()
 
 
-async def _finish_load(task: asyncio.Future[aiohttp.ClientResponse], remaining_s: float) -> None:
+async def _finish_load(task: asyncio.Future[UpstreamResponse], remaining_s: float) -> None:
     try:
         if not task.done() and remaining_s > 0:
             await asyncio.wait((task,), timeout=remaining_s)
@@ -302,12 +291,12 @@ async def _finish_load(task: asyncio.Future[aiohttp.ClientResponse], remaining_s
             task.result().close()
 
 
-async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+async def _read_bounded(upstream: UpstreamResponse, limit: int) -> tuple[bytes, bool]:
     """Read the body up to `limit` bytes: (bytes, complete)."""
     parts: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = await upstream.content.readany()
+        chunk = await upstream.readany()
         if not chunk:
             return b"".join(parts), True
         parts.append(chunk)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from services.router.circuit import Circuits
 from services.router.decisions import Decisions
@@ -43,6 +42,7 @@ from services.router.routing import Decision, RouteError
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.table import Target
+from services.router.upstream import Origin
 from shared.config import PierConfig
 from shared.names import normalise_model
 
@@ -53,9 +53,9 @@ log = logging.getLogger(__name__)
 
 DMR_TYPE = "docker-model-runner"
 
-# DMR's engine names (`/engines/{engine}/v1/...`); any other name is a 404, as on DMR.
-MAX_CACHED_URLS = 4096
+MAX_CACHED_ORIGINS = 4096
 
+# DMR's engine names (`/engines/{engine}/v1/...`); any other name is a 404, as on DMR.
 ENGINES = frozenset({"llama.cpp", "vllm", "mlx", "sglang", "diffusers"})
 
 
@@ -133,7 +133,7 @@ class Proxy:
         self._circuits = circuits
         self._ids = ids
         self._decisions = Decisions(config, runtime, circuits)
-        self._urls: dict[tuple[str, str], URL] = {}
+        self._origins: dict[str, Origin] = {}
         self._state: StateCache | None = None
         self._exchanger: Exchanger | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -210,14 +210,22 @@ class Proxy:
                     send = body
                     sent_model = decision.model or ""
                 path = _path(target, api, op, engine)
-                url = URL(f"{target.url}{path}?{query}", encoded=True) if query else self._url(target.url, path)
+                if query:
+                    path = f"{path}?{query}"
                 if base_headers is None:
                     base_headers = upstream_headers(request.headers, request_id)
                 headers = with_endpoint_headers(base_headers, target.headers)
                 runtime.acquire(name)
                 try:
                     return await exchanger.exchange(
-                        call, target, url, headers, send, sent_model, shield_load=_may_be_loading(target, sent_model)
+                        call,
+                        target,
+                        self._origin(target.url),
+                        path,
+                        headers,
+                        send,
+                        sent_model,
+                        shield_load=_may_be_loading(target, sent_model),
                     )
                 except Failover as exc:
                     last = exc.error
@@ -232,15 +240,14 @@ class Proxy:
         except Exception as exc:
             return answer_error(request, exc)
 
-    def _url(self, base: str, path: str) -> URL:
-        """The upstream URL without a query: parsed once per endpoint and path, not once per request."""
-        key = (base, path)
-        url = self._urls.get(key)
-        if url is None:
-            if len(self._urls) >= MAX_CACHED_URLS:
-                self._urls.clear()  # endpoints come and go (discovery): keep the cache bounded
-            url = self._urls[key] = URL(f"{base}{path}", encoded=True)
-        return url
+    def _origin(self, url: str) -> Origin:
+        """An endpoint's origin: parsed once per endpoint URL, not once per request."""
+        origin = self._origins.get(url)
+        if origin is None:
+            if len(self._origins) >= MAX_CACHED_ORIGINS:
+                self._origins.clear()  # endpoints come and go (discovery): keep the cache bounded
+            origin = self._origins[url] = Origin.parse(url)
+        return origin
 
     async def _wait_for_room(
         self,

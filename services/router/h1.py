@@ -161,6 +161,10 @@ class ResponseParser:
             return data
 
     def _head(self, raw: bytes) -> Head | None:
+        if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\n") or b"\0" in raw:
+            # A bare CR or LF could hide a field line inside another's value (or the status line), and NUL has
+            # no place in a head: RFC 9110 lets a recipient refuse the message.
+            raise BadResponse("a CR, LF or NUL byte inside the response head")
         lines = raw.split(b"\r\n")
         version, _, rest = lines[0].partition(b" ")
         code, _, reason = rest.partition(b" ")
@@ -186,7 +190,9 @@ class ResponseParser:
             return None
         headers = CIMultiDictProxy(CIMultiDict(pairs))
         framing, length, clean = self._framing(status, headers)
-        connection = headers.get("Connection", "").lower()
+        if version == b"HTTP/1.0" and "Transfer-Encoding" in headers:
+            clean = False  # RFC 9112 6.1: faulty framing in HTTP/1.0; close the connection after the message
+        connection = ",".join(headers.getall("Connection", ())).lower()
         # HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked.
         persistent = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
         keep_alive = persistent and clean and framing is not Framing.CLOSE

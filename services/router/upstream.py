@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDictProxy
 
-from services.router.h1 import BadResponse, Head, ResponseParser, request_head
+from services.router.h1 import BadResponse, Framing, Head, ResponseParser, request_head
 
 # Body bytes buffered from one endpoint before the router stops reading its socket (the client is slower than
 # the endpoint); reading resumes once the client has taken them.
@@ -113,12 +113,10 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         parser = self._parser
-        if parser is not None and not parser.complete:
-            try:
-                parser.feed_eof()
-            except BadResponse as exc:
-                self._fail(exc)
-        self._wake()
+        if parser is not None and parser.head is not None and parser.head.framing is Framing.CLOSE:
+            parser.feed_eof()  # the end of a body framed by the connection's end
+            self._wake()
+        # Any other end of the connection is a cut: `connection_lost` tells which kind.
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:

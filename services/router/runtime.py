@@ -3,13 +3,13 @@ waiters for a free slot when every candidate is full, and totals for the status 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import random
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import Any
+
+from services.router.turns import Turns
 
 
 class Runtime:
@@ -19,7 +19,7 @@ class Runtime:
         self.inflight: Counter[str] = Counter()
         self.rng = random.Random(seed)
         self._rotation = itertools.count()
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._turns = Turns()
         self.started_at = time.time()
         self.totals: Counter[str] = Counter()
 
@@ -35,44 +35,18 @@ class Runtime:
             self.inflight[endpoint] = left
         else:
             del self.inflight[endpoint]
-        self._wake_one()
+        self._turns.wake_one()  # the oldest waiter re-routes first
 
     def has_room(self, endpoint: str, max_concurrent: int) -> bool:
         return max_concurrent <= 0 or self.inflight[endpoint] < max_concurrent
 
     async def wait_for_slot(self, timeout_s: float) -> bool:
         """Wait until some request finishes (a slot may be free), at most `timeout_s`; False on timeout."""
-        if timeout_s <= 0:
-            return False
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout_s)
-        except TimeoutError:
-            return False
-        except asyncio.CancelledError:
-            # Woken but gone before using the slot: pass the wake-up on so no slot goes unused.
-            if waiter.done() and not waiter.cancelled():
-                self._wake_one()
-            raise
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-        return True
-
-    def _wake_one(self) -> None:
-        # First come, first served: the oldest waiter re-routes first.
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        return await self._turns.wait(timeout_s)
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return len(self._turns)
 
     def count(self, what: str, n: int = 1) -> None:
         self.totals[what] += n

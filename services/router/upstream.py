@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDictProxy
 
 from services.router.h1 import BadResponse, Framing, Head, ResponseParser, request_head
+from services.router.turns import Turns
 
 # Body bytes buffered from one endpoint before the router stops reading its socket (the client is slower than
 # the endpoint); reading resumes once the client has taken them.
@@ -294,7 +295,7 @@ class UpstreamPool:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._connecting = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._turns = Turns()  # requests waiting for a connection under the limit
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -345,9 +346,7 @@ class UpstreamPool:
         for conn in list(self._open):
             conn._close_now()
         self._idle.clear()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(ConnectionError("the router is shutting down"))
+        self._turns.fail_all(ConnectionError("the router is shutting down"))
         # Let the transports deliver connection_lost before the loop goes away.
         await asyncio.sleep(0)
 
@@ -364,14 +363,7 @@ class UpstreamPool:
                 conn._close_now()
         while self._limit and len(self._open) + self._connecting >= self._limit:
             if not self._close_one_idle():
-                waiter: asyncio.Future[None] = self.loop.create_future()
-                self._waiters.append(waiter)
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    if waiter.done() and not waiter.cancelled():
-                        self._wake_one()  # this wake-up was ours: pass it on
-                    raise
+                await self._turns.wait()
                 idle = self._idle.get(origin.key)
                 while idle:
                     conn = idle.pop()
@@ -413,21 +405,14 @@ class UpstreamPool:
         self._idle.setdefault(conn.key, []).append(conn)
         if self._sweep is None:
             self._sweep = self.loop.call_later(self._keepalive_s, self._sweep_idle)
-        self._wake_one()
+        self._turns.wake_one()
 
     def _lost(self, conn: _Connection) -> None:
         self._open.discard(conn)
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        self._turns.wake_one()
 
     def _close_one_idle(self) -> bool:
         oldest: _Connection | None = None

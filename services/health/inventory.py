@@ -64,6 +64,10 @@ def parse_pulled(body: object) -> tuple[PulledModel, ...]:
             format=_opt_str(config.get("format")),
             size=_opt_str(config.get("size")),
             context_size=_opt_int(config.get("context_size")),
+            created=_opt_int(item.get("created")),
+            architecture=_opt_str(config.get("architecture")),
+            parameters=_opt_str(config.get("parameters")),
+            quantization=_opt_str(config.get("quantization")),
         )
     return tuple(out.values())
 

@@ -67,8 +67,15 @@ def test_pulled() -> None:
         {
             "id": "sha256:abc",
             "tags": ["ai/smollm2:latest", "smollm2:360m"],
-            "created": 1,
-            "config": {"format": "gguf", "size": "256.35 MiB", "context_size": 8192},
+            "created": 1742816981,
+            "config": {
+                "format": "gguf",
+                "size": "256.35 MiB",
+                "context_size": 8192,
+                "architecture": "llama",
+                "parameters": "361.82 M",
+                "quantization": "Q4_K_M",
+            },
         },
         {"id": "sha256:def", "tags": [], "config": None},  # untagged: named by its id
         {"tags": None},  # neither: skipped
@@ -77,7 +84,10 @@ def test_pulled() -> None:
     assert [m.name for m in pulled] == ["ai/smollm2:latest", "sha256:def"]
     assert pulled[0].tags == ("ai/smollm2:latest", "ai/smollm2:360m")
     assert (pulled[0].format, pulled[0].size, pulled[0].context_size) == ("gguf", "256.35 MiB", 8192)
+    details = (pulled[0].created, pulled[0].architecture, pulled[0].parameters, pulled[0].quantization)
+    assert details == (1742816981, "llama", "361.82 M", "Q4_K_M")
     assert pulled[1].format is None
+    assert (pulled[1].created, pulled[1].architecture, pulled[1].parameters, pulled[1].quantization) == (None,) * 4
 
 
 @pytest.mark.parametrize("body", [{"models": []}, "x", [1]])

@@ -158,10 +158,15 @@ def test_anthropic_sdk_passthrough(stack: Stack, root: str) -> None:
 
 
 async def test_listings_are_answered_from_the_table(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.emu('e1').url}/engines/v1/models") as resp:
+        dmr_entries = {m["id"]: m for m in (await resp.json())["data"]}
     async with aiohttp.ClientSession(base_url=stack.url) as http:
         async with http.get("/engines/v1/models") as resp:
-            ids = [m["id"] for m in (await resp.json())["data"]]
-        assert sorted(ids) == ["ai/gemma3:latest", MODEL]
+            entries = {m["id"]: m for m in (await resp.json())["data"]}
+        assert sorted(entries) == ["ai/gemma3:latest", MODEL]
+        # The details the health worker read from the endpoint's inventory, as DMR itself shows them.
+        assert entries[MODEL]["dmr"] == dmr_entries[MODEL]["dmr"]
+        assert entries[MODEL]["created"] == dmr_entries[MODEL]["created"]
         async with http.get("/models") as resp:
             inventory = await resp.json()
         assert any(MODEL in entry["tags"] for entry in inventory)

@@ -6,6 +6,7 @@ service reads the same effective paths, priorities, timeouts and limits.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -119,6 +120,8 @@ class PierConfig:
     model_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     profiles: ProfileSet = field(default_factory=load_profiles)
     source: str = "defaults"
+    # Top-level keys of the file that neither Pier nor Olla knows: ignored, and logged at start.
+    ignored_keys: tuple[str, ...] = ()
 
     def endpoint(self, name: str) -> Endpoint | None:
         return next((e for e in self.endpoints if e.name == name), None)
@@ -189,6 +192,27 @@ def _aliases(value: object) -> dict[str, tuple[str, ...]]:
     return out
 
 
+# The top-level keys Pier reads, and the other sections of an Olla file (accepted, not used: Pier's settings
+# for them are environment variables).
+PIER_KEYS = ("endpoints", "load_balancer", "routing_strategy", "model_aliases")
+OLLA_KEYS = ("server", "proxy", "discovery", "model_registry", "logging", "engineering", "translators")
+
+
+def _unknown_keys(data: dict[str, Any]) -> tuple[str, ...]:
+    """Top-level keys nobody reads. One that looks like a misspelt known key is an error (a typo such as
+    `endpoint:` would otherwise leave Pier silently without endpoints); others are returned, to be logged."""
+    unknown: list[str] = []
+    for key in data:
+        name = str(key)
+        if name in PIER_KEYS or name in OLLA_KEYS:
+            continue
+        close = difflib.get_close_matches(name, PIER_KEYS + OLLA_KEYS, n=1, cutoff=0.75)
+        if close:
+            raise ConfigError(name, data[key], f"unknown key; did you mean {close[0]!r}?")
+        unknown.append(name)
+    return tuple(unknown)
+
+
 def build_config(
     data: dict[str, Any],
     profiles: ProfileSet,
@@ -198,6 +222,7 @@ def build_config(
     source: str = "file",
 ) -> PierConfig:
     """Turn a parsed config mapping (either layout) into a resolved `PierConfig`; env overrides win."""
+    ignored = _unknown_keys(data)
     list_key, raw_endpoints = _endpoint_list(data)
     endpoints: list[Endpoint] = []
     seen: set[str] = set()
@@ -238,4 +263,5 @@ def build_config(
         model_aliases=_aliases(data.get("model_aliases")),
         profiles=profiles,
         source=source,
+        ignored_keys=ignored,
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 from pydantic import ValidationError
 
+from shared.config import PierConfig
 from shared.errors import ConfigError
 
 T = TypeVar("T")
@@ -37,3 +39,11 @@ def load_or_exit(build: Callable[[], T]) -> T:
         return build()
     except (ConfigError, ValidationError) as exc:
         fail(config_error_line(exc))
+
+
+def report_ignored(config: PierConfig) -> None:
+    """Log the config file's top-level keys that nothing reads (after logging is set up)."""
+    for key in config.ignored_keys:
+        logging.getLogger("pier.config").warning(
+            "config file %s: top-level key %r is not used; ignored", config.source, key
+        )

@@ -11,7 +11,7 @@ from shared.config import PierConfig
 from shared.lifecycle import install_uvloop, run_worker
 from shared.liveness import check
 from shared.logs import setup_logging
-from shared.startup import load_or_exit
+from shared.startup import load_or_exit, report_ignored
 
 SERVICE = "health"
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(settings.redis_url, SERVICE, settings.health_id_file, settings.heartbeat_ttl_s)
     setup_logging(SERVICE, settings.log_level, settings.log_format)
     config = load_or_exit(settings.pier_config)
+    report_ignored(config)
     install_uvloop()
     asyncio.run(_serve(settings, config))
     return 0

@@ -7,7 +7,7 @@ import argparse
 from services.router.server import check, run
 from services.router.settings import RouterSettings
 from shared.logs import setup_logging
-from shared.startup import load_or_exit
+from shared.startup import load_or_exit, report_ignored
 
 
 def main() -> int:
@@ -21,6 +21,7 @@ def main() -> int:
         return check(settings)
     config = load_or_exit(settings.pier_config)
     setup_logging("router", settings.log_level, settings.log_format)
+    report_ignored(config)
     return run(settings, config)
 
 

@@ -10,7 +10,7 @@ from services.warmup.worker import SERVICE, WarmupWorker
 from shared.lifecycle import install_uvloop, run_worker
 from shared.liveness import check
 from shared.logs import setup_logging
-from shared.startup import load_or_exit
+from shared.startup import load_or_exit, report_ignored
 
 
 def main() -> int:
@@ -22,6 +22,7 @@ def main() -> int:
         return check(settings.redis_url, SERVICE, settings.warmup_id_file, settings.heartbeat_ttl_s)
     config = load_or_exit(settings.pier_config)
     setup_logging(SERVICE, settings.log_level, settings.log_format)
+    report_ignored(config)
     install_uvloop()
     asyncio.run(run_worker(WarmupWorker(settings, config)))
     return 0

@@ -39,6 +39,20 @@ def test_olla_config_file_loads_unchanged() -> None:
     assert ollama.type == "ollama"
     assert ollama.model_path == "/api/tags"  # the file's own path wins over the profile's
     assert ollama.priority < dmr.priority
+    assert config.ignored_keys == ()  # Olla's other sections are known, not "unknown"
+
+
+def test_unknown_top_level_keys_are_kept_for_a_warning_and_near_misses_are_errors() -> None:
+    profiles = load_profiles()
+    config = build_config({"endpoints": [], "x_team_notes": "hi", "metrics": {}}, profiles)
+    assert config.ignored_keys == ("x_team_notes", "metrics")
+    for typo, meant in [
+        ("endpoint", "endpoints"),
+        ("model_alias", "model_aliases"),
+        ("load_balancing", "load_balancer"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^config error: {typo}=.*did you mean '{meant}'"):
+            build_config({typo: []}, profiles)
 
 
 def test_pier_layout_with_profile_defaults(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ CASES = [
     ("duplicate name", "endpoints: [{url: 'http://a:1', name: a}, {url: 'http://b:1', name: a}]", "name", "a"),
     ("malformed url", "endpoints: [{url: 'not a url', name: a}]", "endpoints[0].url", "not a url"),
     ("broken yaml", "endpoints: [unclosed", "PIER_CONFIG_FILE", "pier.yaml"),
+    ("misspelt top-level key", "endpoint: [{url: 'http://a:1', name: a}]", "endpoint=", "did you mean 'endpoints'"),
 ]
 
 

@@ -74,6 +74,12 @@ def test_bad_endpoint_in_the_config_file_exits_2(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_unused_top_level_keys_are_logged_at_start(procs: ProcessFactory, tmp_path: Path, redis_url: str) -> None:
+    config = write_config(tmp_path / "pier.yaml", [endpoint("e1", "http://127.0.0.1:9")], team_notes="gpu boxes")
+    router = start_router(procs, redis_url, config)
+    assert "top-level key 'team_notes' is not used; ignored" in router.output()
+
+
 def test_check_answers_0_when_serving_and_1_when_not(procs: ProcessFactory, tmp_path: Path, redis_url: str) -> None:
     config = write_config(tmp_path / "pier.yaml", [endpoint("e1", "http://127.0.0.1:9")])
     router = start_router(procs, redis_url, config)

@@ -86,6 +86,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
+        self._pool._made(self)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -393,7 +394,8 @@ class UpstreamPool:
         if self._closed:
             conn._close_now()
             raise ConnectionError("the router is shutting down")
-        self._open.add(conn)
+        if conn.closed:  # the endpoint hung up between accepting and our first write
+            raise UpstreamDisconnected("the endpoint closed the connection as it opened", reused=False)
         return conn
 
     def _put_back(self, conn: _Connection) -> None:
@@ -406,6 +408,9 @@ class UpstreamPool:
         if self._sweep is None:
             self._sweep = self.loop.call_later(self._keepalive_s, self._sweep_idle)
         self._turns.wake_one()
+
+    def _made(self, conn: _Connection) -> None:
+        self._open.add(conn)
 
     def _lost(self, conn: _Connection) -> None:
         self._open.discard(conn)

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 MAX_HEAD_BYTES = 64 * 1024  # a response head bigger than this is refused (aiohttp's default limit is 8 KiB a line)
 MAX_LINE_BYTES = 4096  # a chunk-size line or trailer line
 _NO_BODY_STATUSES = frozenset({204, 304})
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: what a header name may be
+# Field lines: an RFC 9110 token, a colon, a value without CR, LF or NUL, CRLF. A bare CR or LF could hide a
+# field inside another's value; whitespace before the colon and folded lines are refused, as RFC 9112 asks.
+_FIELDS = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*\r\n)*")
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
@@ -37,9 +39,8 @@ class Framing(Enum):
     CLOSE = "close"  # neither: the body ends when the endpoint closes the connection
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """A response's status line and headers."""
+class Head(NamedTuple):
+    """A response's status line and headers. (A named tuple: built once per response, and cheaply.)"""
 
     status: int
     reason: str
@@ -47,6 +48,14 @@ class Head:
     framing: Framing
     length: int  # Content-Length (LENGTH framing), else 0
     keep_alive: bool  # the connection may carry another request after this response
+
+
+def _bad_field(block: str) -> str:
+    """What is wrong in a field block `_FIELDS` refused (the slow path, for the message)."""
+    for line in block.split("\r\n"):
+        if line and _FIELDS.fullmatch(line + "\r\n") is None:
+            return f"bad header line {line[:80]!r}"
+    return "a CR, LF or NUL byte inside the response head"
 
 
 class _Chunk(Enum):
@@ -161,29 +170,27 @@ class ResponseParser:
             return data
 
     def _head(self, raw: bytes) -> Head | None:
-        if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\n") or b"\0" in raw:
-            # A bare CR or LF could hide a field line inside another's value (or the status line), and NUL has
-            # no place in a head: RFC 9110 lets a recipient refuse the message.
-            raise BadResponse("a CR, LF or NUL byte inside the response head")
-        lines = raw.split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
+        """The head before its final CRLF CRLF (the status line ends in CRLF unless there are no fields)."""
+        line_end = raw.find(b"\r\n")
+        status_line = raw if line_end < 0 else raw[:line_end]
+        version, _, rest = status_line.partition(b" ")
         code, _, reason = rest.partition(b" ")
         if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-            raise BadResponse(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-        if len(code) != 3 or not code.isdigit():
-            raise BadResponse(f"bad status code in {lines[0][:80]!r}")
+            raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+        if len(code) != 3 or not code.isdigit() or code[:1] == b"0":
+            raise BadResponse(f"bad status code in {status_line[:80]!r}")
+        if b"\r" in reason or b"\n" in reason or b"\0" in reason:
+            raise BadResponse(f"a CR, LF or NUL byte in the status line {status_line[:80]!r}")
         status = int(code)
-        if status < 100:
-            raise BadResponse(f"bad status code in {lines[0][:80]!r}")
+        # All fields at once, in C: one decode, one check of the whole block, one split into (name, value).
+        block = raw[line_end + 2 :].decode("utf-8", "surrogateescape") + "\r\n" if line_end >= 0 else ""
+        if _FIELDS.fullmatch(block) is None:
+            raise BadResponse(_bad_field(block))
         pairs: list[tuple[str, str]] = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name[-1:] in (b" ", b"\t") or name[:1] in (b" ", b"\t"):
-                # No colon, whitespace before it, or an obsolete folded line: refused, as RFC 9112 asks.
-                raise BadResponse(f"bad header line {line[:80]!r}")
-            if _TOKEN.fullmatch(name) is None:
-                raise BadResponse(f"bad header name {name[:80]!r}")
-            pairs.append((name.decode("ascii"), value.strip(b" \t").decode("utf-8", "surrogateescape")))
+        for line in block.split("\r\n"):
+            if line:  # the block checked out: each line is a name, a colon and a value (a loop beats findall)
+                name, _, value = line.partition(":")
+                pairs.append((name, value.strip(" \t")))
         if status < 200:
             if status == 101:
                 raise BadResponse("the endpoint switched protocols, which the router does not forward")

@@ -19,6 +19,8 @@ from shared.profiles import Profile
 from shared.state import EndpointState, EndpointStatus
 
 _EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
+_NO_FILTER = ModelFilter()
+_DEFAULT_CHECK_INTERVAL_S = 5.0  # a discovered endpoint's (the health worker's default interval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,7 @@ class Target:
     state: EndpointState | None
     # Additions beyond the interface (all defaulted so positional construction stays as specified).
     model_filter: ModelFilter = field(default_factory=ModelFilter)
-    check_interval_s: float = 5.0
+    check_interval_s: float = _DEFAULT_CHECK_INTERVAL_S
     anthropic_count_tokens_path: str = "/anthropic/v1/messages/count_tokens"
     local_down: bool = False  # the router marked it down itself (a failed connection), until the next report
 
@@ -163,48 +165,69 @@ def _engines(state: EndpointState | None) -> Mapping[str, str] | None:
 def _configured_target(
     endpoint: Endpoint, state: EndpointState | None, status: tuple[EndpointStatus, bool, bool]
 ) -> Target:
-    models, models_known, loaded = _models(state, endpoint.config.model_filter)
-    profile = endpoint.profile
-    return Target(
+    return _target(
+        state,
+        status,
+        endpoint.profile,
         name=endpoint.name,
-        url=endpoint.url.rstrip("/"),
-        type=endpoint.type,
+        url=endpoint.url,
+        type_=endpoint.type,
         priority=endpoint.priority,
-        status=status[0],
-        known=status[1],
         source=endpoint.source,
-        models=models,
-        models_known=models_known,
-        loaded=loaded,
-        engines=_engines(state),
-        api_prefix=profile.api_prefix,
-        engine_paths=profile.engine_paths,
-        anthropic_native=profile.anthropic.native,
-        anthropic_messages_path=profile.anthropic.messages_path,
+        model_filter=endpoint.config.model_filter,
         headers=MappingProxyType(dict(endpoint.headers)) if endpoint.headers else _EMPTY_HEADERS,
         max_concurrent=endpoint.max_concurrent_requests,
-        connect_timeout_s=endpoint.connect_timeout_s,
-        response_header_timeout_s=endpoint.response_header_timeout_s,
-        request_timeout_s=endpoint.request_timeout_s,
-        state=state,
-        model_filter=endpoint.config.model_filter,
+        timeouts_s=(endpoint.connect_timeout_s, endpoint.response_header_timeout_s, endpoint.request_timeout_s),
         check_interval_s=endpoint.check_interval_s,
-        anthropic_count_tokens_path=profile.anthropic.count_tokens_path,
-        local_down=status[2],
     )
 
 
 def _discovered_target(state: EndpointState, profile: Profile, status: tuple[EndpointStatus, bool, bool]) -> Target:
     """An endpoint the health worker found (Docker, auto-detect): no config entry, so its profile decides."""
-    models, models_known, loaded = _models(state, ModelFilter())
-    return Target(
+    timeouts = profile.timeouts
+    return _target(
+        state,
+        status,
+        profile,
         name=state.name,
-        url=state.url.rstrip("/"),
-        type=profile.name,
+        url=state.url,
+        type_=profile.name,
         priority=state.priority,
+        source=state.source,
+        model_filter=_NO_FILTER,
+        headers=_EMPTY_HEADERS,
+        max_concurrent=profile.concurrency.max_concurrent_requests,
+        timeouts_s=(timeouts.connect, timeouts.response_header, timeouts.request),
+        check_interval_s=_DEFAULT_CHECK_INTERVAL_S,
+    )
+
+
+def _target(
+    state: EndpointState | None,
+    status: tuple[EndpointStatus, bool, bool],
+    profile: Profile,
+    *,
+    name: str,
+    url: str,
+    type_: str,
+    priority: int,
+    source: str,
+    model_filter: ModelFilter,
+    headers: Mapping[str, str],
+    max_concurrent: int,
+    timeouts_s: tuple[float, float, float],  # connect, response header, request
+    check_interval_s: float,
+) -> Target:
+    """A target from what the endpoint's config entry (or, for a discovered one, its profile) says."""
+    models, models_known, loaded = _models(state, model_filter)
+    return Target(
+        name=name,
+        url=url.rstrip("/"),
+        type=type_,
+        priority=priority,
         status=status[0],
         known=status[1],
-        source=state.source,
+        source=source,
         models=models,
         models_known=models_known,
         loaded=loaded,
@@ -213,12 +236,14 @@ def _discovered_target(state: EndpointState, profile: Profile, status: tuple[End
         engine_paths=profile.engine_paths,
         anthropic_native=profile.anthropic.native,
         anthropic_messages_path=profile.anthropic.messages_path,
-        headers=_EMPTY_HEADERS,
-        max_concurrent=profile.concurrency.max_concurrent_requests,
-        connect_timeout_s=profile.timeouts.connect,
-        response_header_timeout_s=profile.timeouts.response_header,
-        request_timeout_s=profile.timeouts.request,
+        headers=headers,
+        max_concurrent=max_concurrent,
+        connect_timeout_s=timeouts_s[0],
+        response_header_timeout_s=timeouts_s[1],
+        request_timeout_s=timeouts_s[2],
         state=state,
+        model_filter=model_filter,
+        check_interval_s=check_interval_s,
         anthropic_count_tokens_path=profile.anthropic.count_tokens_path,
         local_down=status[2],
     )

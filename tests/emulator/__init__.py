@@ -24,6 +24,11 @@ CLI flags (each also settable at run time through `POST /_emulator/config`, key 
                                   request starts the load in the background)
   --log-limit 20000               request log keeps the newest N records
   --fail-models ai/qwen3          these models' loads fail: 500 `unable to load runner: …`
+  --parallel 1                    generation slots per runner (llama.cpp's --parallel; DMR's default 1): requests
+                                  inside one runner (model + mode; embeddings too) generate one at a time, first
+                                  come first served, each answering (headers included) only once it has a slot;
+                                  a model's `_configure` runtime-flags (`["--parallel", "4"]`, `"--parallel=4"`)
+                                  override it; a change applies to runners started afterwards
   --host 127.0.0.1, --port N, --admin-port N (admin routes only; keeps answering during `refuse`)
 
 Admin routes (JSON, on the main port and the admin port):
@@ -36,6 +41,8 @@ Admin routes (JSON, on the main port and the admin port):
   GET  /_emulator/requests  every non-admin request: {id, method, path, query, headers, body, at, status,
                             finished, disconnected, disconnected_during_load, fault}
   POST /_emulator/reset     clears the log, counters, runners and the fault (re-opens a refused listener)
+State's runners also show `parallel`, `generating` (slots taken) and `queued` (waiting for a slot); /metrics shows
+them as `llamacpp:requests_processing` / `llamacpp:requests_deferred`.
 Counters: requests, inference_requests, loads_started, loads_completed, loads_aborted, loads_failed, evictions, unloads,
 pulls, disconnects, faults_applied, streams_completed, streams_aborted.
 

@@ -33,7 +33,7 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     """DMR routes count_tokens through the scheduler like any inference, so it loads the model too."""
     inf = await _parse(request)
-    async with runner_for(request, inf, "completion"):
+    async with runner_for(request, inf, "completion", generates=False):
         return content.json_response({"input_tokens": _prompt_tokens(inf.body)})
 
 

@@ -49,6 +49,9 @@ class EmulatorConfig:
     log_limit: int = 20000
     # Models whose load fails (500 `unable to load runner: …`), e.g. too large for the machine.
     fail_models: list[str] = field(default_factory=list)
+    # Generation slots per runner (llama.cpp's --parallel; DMR's default 1: one request generates at a time).
+    # A model's `_configure` runtime-flags override it; a change applies to runners started afterwards.
+    parallel: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +78,8 @@ class EmulatorConfig:
                 raise ConfigError(f"engines: unknown engine {engine!r}")
         if self.max_runners < 1:
             raise ConfigError("max_runners: must be >= 1")
+        if self.parallel < 1:
+            raise ConfigError("parallel: must be >= 1")
         if self.chunks < 1:
             raise ConfigError("chunks: must be >= 1")
         if self.log_limit < 0:
@@ -84,7 +89,7 @@ class EmulatorConfig:
                 raise ConfigError(f"{key}: must be >= 0")
 
 
-_INT_KEYS = {"max_runners", "chunks", "log_limit"}
+_INT_KEYS = {"max_runners", "chunks", "log_limit", "parallel"}
 _OPTIONAL_STR_KEYS = {"pull_error"}
 
 
@@ -150,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loading-503", action="store_true", help="old DMR: 503 `Loading model` while loading")
     p.add_argument("--log-limit", type=int, default=d.log_limit, help="request log records kept")
     p.add_argument("--fail-models", default="", help="models whose load fails with 500")
+    p.add_argument("--parallel", type=int, default=d.parallel, help="generation slots per runner (default 1)")
     return p
 
 
@@ -179,6 +185,7 @@ def from_args(argv: list[str] | None = None) -> EmulatorConfig:
         loading_503=ns.loading_503,
         fail_models=_split(ns.fail_models),
         log_limit=ns.log_limit,
+        parallel=ns.parallel,
     )
     try:
         config.validate()

@@ -71,8 +71,12 @@ async def parse(request: web.Request) -> Inference:
 
 
 @asynccontextmanager
-async def runner_for(request: web.Request, inf: Inference, mode: str) -> AsyncIterator[Runner]:
-    """Acquire (lazily loading) the runner, apply the first-byte delay, and release it afterwards."""
+async def runner_for(
+    request: web.Request, inf: Inference, mode: str, *, generates: bool = True
+) -> AsyncIterator[Runner]:
+    """Acquire (lazily loading) the runner, wait for one of its generation slots, apply the first-byte delay,
+    and release both afterwards (also when the client goes away). `generates=False`: the request needs the
+    loaded runner but no slot (llama.cpp answers token counting on its HTTP thread)."""
     record = request.get(RECORD)
     saw_loading = False
     key = (inf.backend, inf.model.tag, mode)
@@ -95,12 +99,25 @@ async def runner_for(request: web.Request, inf: Inference, mode: str) -> AsyncIt
         raise DmrError(500, f"unable to load runner: {exc}") from None
     try:
         runner.requests += 1
-        delay_s = inf.emulator.config.first_byte_delay_ms / 1000.0
-        if delay_s > 0 and request.headers.get("X-Preload-Only") != "true":
-            await asyncio.sleep(delay_s)
-        yield runner
+        if preload_only(request):
+            # DMR answers a preload itself once the runner is ready: llama.cpp never sees it.
+            yield runner
+        elif not generates:
+            await _first_byte_delay(inf)
+            yield runner
+        else:
+            # llama.cpp answers (headers included) only once a slot starts processing the request.
+            async with runner.slots.held():
+                await _first_byte_delay(inf)
+                yield runner
     finally:
         await inf.emulator.runners.release(runner)
+
+
+async def _first_byte_delay(inf: Inference) -> None:
+    delay_s = inf.emulator.config.first_byte_delay_ms / 1000.0
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
 
 
 def int_or_none(value: Any) -> int | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import shlex
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +19,7 @@ from tests.emulator.content import text_error
 from tests.emulator.errors import DmrError, model_not_found
 from tests.emulator.inference import MAX_BODY_BYTES
 from tests.emulator.keys import EMULATOR
+from tests.emulator.runners import Runner
 from tests.emulator.streaming import ClientGone
 
 ENGINE_SHA = "a1b2c3d"
@@ -152,16 +155,61 @@ async def configure(request: web.Request) -> web.Response:
     if model is None:
         raise model_not_found(name)
     keep_alive = parse_keep_alive(body.get("keep_alive"))
+    parallel = parse_parallel(body.get("runtime-flags"), body.get("raw-runtime-flags"))
     if em.runners.busy(model.tag):
         raise DmrError(409, "runner already active")
     mode = body.get("mode") if body.get("mode") in ("completion", "embedding") else "completion"
     backend = engine or "llama.cpp"
+    key = (backend, model.tag, str(mode))
     if keep_alive is not None:
         em.runners.keep_alive_by_tag[model.tag] = keep_alive
+    # A configuration replaces the runner's previous one: without --parallel it is back to the default.
+    if parallel is None:
+        em.runners.parallel_by_key.pop(key, None)
+    else:
+        em.runners.parallel_by_key[key] = parallel
     # A reconfigure replaces the idle runner, as DMR restarts it with the new settings.
     em.runners.unload(all_=False, tags={model.tag})
-    em.start_background(em.runners.preload((backend, model.tag, str(mode)), name))
+    em.start_background(em.runners.preload(key, name))
     return web.Response(status=202)
+
+
+def parse_parallel(flags: Any, raw_flags: Any = None) -> int | None:
+    """llama.cpp's slot count from `_configure` runtime flags: `["--parallel", "4"]`, `["--parallel=4"]`
+    (also `-np`), or the same in `raw-runtime-flags` as one string. None when absent; the last one wins."""
+    if flags is None:
+        flags = []
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise DmrError(400, "invalid runtime-flags: expected a list of strings")
+    if raw_flags is not None:
+        if not isinstance(raw_flags, str):
+            raise DmrError(400, "invalid raw-runtime-flags: expected a string")
+        try:
+            flags = [*flags, *shlex.split(raw_flags)]
+        except ValueError as exc:
+            raise DmrError(400, f"invalid raw-runtime-flags: {exc}") from None
+    found: str | None = None
+    i = 0
+    while i < len(flags):
+        name, eq, value = flags[i].partition("=")
+        i += 1
+        if name not in ("--parallel", "-np"):
+            continue
+        if not eq:
+            if i >= len(flags):
+                raise DmrError(400, f"invalid runtime-flags: {name} needs a value")
+            value = flags[i]
+            i += 1
+        found = value
+    if found is None:
+        return None
+    try:
+        parallel = int(found)
+    except ValueError:
+        parallel = 0
+    if parallel < 1:
+        raise DmrError(400, f"invalid runtime-flags: --parallel expects a whole number >= 1, got {found!r}")
+    return parallel
 
 
 def parse_keep_alive(value: Any) -> float | None:
@@ -220,18 +268,24 @@ async def metrics(request: web.Request) -> web.Response:
     runners = [r for r in em.runners.runners.values() if not r.loading]
     if not runners:
         return web.Response(text="# No active runners\n", content_type="text/plain")
-    series = (
-        ("llamacpp:prompt_tokens_total", "counter", "Number of prompt tokens processed.", "prompt_tokens"),
-        ("llamacpp:tokens_predicted_total", "counter", "Number of generation tokens processed.", "predicted_tokens"),
-        ("llamacpp:n_decode_total", "counter", "Total number of llama_decode() calls", "requests"),
-        ("llamacpp:requests_processing", "gauge", "Number of requests processing.", "refs"),
+    series: tuple[tuple[str, str, str, Callable[[Runner], int]], ...] = (
+        ("llamacpp:prompt_tokens_total", "counter", "Number of prompt tokens processed.", lambda r: r.prompt_tokens),
+        (
+            "llamacpp:tokens_predicted_total",
+            "counter",
+            "Number of generation tokens processed.",
+            lambda r: r.predicted_tokens,
+        ),
+        ("llamacpp:n_decode_total", "counter", "Total number of llama_decode() calls", lambda r: r.requests),
+        ("llamacpp:requests_processing", "gauge", "Number of requests processing.", lambda r: r.slots.in_use),
+        ("llamacpp:requests_deferred", "gauge", "Number of requests deferred.", lambda r: r.slots.waiting),
     )
     lines: list[str] = []
-    for metric, kind, help_text, attr in series:
+    for metric, kind, help_text, value in series:
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
         for r in runners:
             labels = f'backend="{r.backend}",model="{r.model_name}",mode="{r.mode}"'
-            lines.append(f"{metric}{{{labels}}} {getattr(r, attr)}")
+            lines.append(f"{metric}{{{labels}}} {value(r)}")
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
 
 

@@ -3,6 +3,8 @@
 A runner is keyed by (backend, model tag, mode). The first request for a key starts a load that takes
 `load_time_ms`; concurrent requests wait on the same load. If every waiter goes away during the load, the load
 is aborted and the model is not marked loaded (DMR terminates the runner when the request context ends).
+Inside a loaded runner, requests generate one at a time unless the runner was started with more slots
+(`--parallel N` in the model's `_configure` runtime-flags, else the emulator's `parallel` switch): see slots.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from tests.emulator.slots import Slots
 
 Key = tuple[str, str, str]  # backend, model tag, mode
 
@@ -52,6 +56,7 @@ class Runner:
     key: Key
     model_name: str  # the name the first request used, as DMR shows it
     keep_alive_s: float | None  # set by _configure; None = the global default
+    slots: Slots  # generation slots, fixed when the runner starts (llama.cpp's --parallel)
     loading: bool = True
     refs: int = 0
     last_used: float = field(default_factory=time.time)
@@ -102,14 +107,18 @@ class Runners:
         max_runners: Callable[[], int],
         counters: dict[str, int],
         load_error: Callable[[str], str | None] = lambda tag: None,
+        parallel: Callable[[], int] = lambda: 1,
     ) -> None:
         self._load_error = load_error
+        self._parallel = parallel
         self._load_time_s = load_time_s
         self._keep_alive_s = keep_alive_s
         self._max_runners = max_runners
         self._counters = counters
         self.runners: dict[Key, Runner] = {}
         self.keep_alive_by_tag: dict[str, float] = {}
+        # `--parallel` from a `_configure` of this runner key; read when the runner starts.
+        self.parallel_by_key: dict[Key, int] = {}
         self._changed = asyncio.Event()
 
     def busy(self, tag: str) -> bool:
@@ -197,6 +206,7 @@ class Runners:
                 self._abort_load(runner, count=False)
         self.runners.clear()
         self.keep_alive_by_tag.clear()
+        self.parallel_by_key.clear()
 
     # internals
 
@@ -213,7 +223,8 @@ class Runners:
         existing = self.runners.get(key)
         if existing is not None:
             return existing
-        runner = Runner(key, model_name, self.keep_alive_by_tag.get(key[1]))
+        slots = Slots(self.parallel_by_key.get(key, self._parallel()))
+        runner = Runner(key, model_name, self.keep_alive_by_tag.get(key[1]), slots)
         runner.ready = asyncio.get_running_loop().create_future()
         runner.load_task = asyncio.create_task(self._load(runner), name=f"load {key}")
         self.runners[key] = runner

@@ -86,6 +86,7 @@ class Emulator:
             max_runners=lambda: self.config.max_runners,
             counters=self.counters,
             load_error=self.load_error,
+            parallel=lambda: self.config.parallel,
         )
 
     def load_time_s(self, tag: str) -> float:
@@ -113,7 +114,17 @@ class Emulator:
             "config": self.config.to_json(),
             "listening": self.listener.listening if self.listener else True,
             "pulled": sorted(self.catalog.models),
-            "runners": [r.ps_json() | {"tag": r.tag, "refs": r.refs} for r in self.runners.runners.values()],
+            "runners": [
+                r.ps_json()
+                | {
+                    "tag": r.tag,
+                    "refs": r.refs,
+                    "parallel": r.slots.limit,
+                    "generating": r.slots.in_use,
+                    "queued": r.slots.waiting,
+                }
+                for r in self.runners.runners.values()
+            ],
             "loaded": sorted(self.runners.loaded_tags()),
             "fault": self.fault.to_json(),
             "counters": dict(self.counters),

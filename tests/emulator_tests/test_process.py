@@ -32,7 +32,7 @@ def test_cli_flags(procs: ProcessFactory) -> None:
     proc = procs.emulator(
         "--name", "gamma", "--models", "ai/smollm2,ai/gemma3", "--list-mode", "loaded", "--version", "v1.0.9",
         "--load-time-ms", "10", "--chunks", "2", "--chunk-interval-ms", "1", "--engines", "llama.cpp,vllm",
-        "--keep-alive-s", "60", "--max-runners", "3", "--first-byte-delay-ms", "1",
+        "--keep-alive-s", "60", "--max-runners", "3", "--first-byte-delay-ms", "1", "--parallel", "3",
     )  # fmt: skip
     config = get_json(f"{proc.url}/_emulator/state")["config"]
     assert config["name"] == "gamma"
@@ -40,6 +40,7 @@ def test_cli_flags(procs: ProcessFactory) -> None:
     assert (config["list_mode"], config["version"], config["chunks"]) == ("loaded", "v1.0.9", 2)
     assert (config["load_time_ms"], config["keep_alive_s"], config["max_runners"]) == (10.0, 60.0, 3)
     assert config["engines"] == ["llama.cpp", "vllm"]
+    assert config["parallel"] == 3
     assert get_json(f"{proc.url}/engines/v1/models")["data"] == []
     assert get_json(f"{proc.url}/version") == {"version": "v1.0.9"}
     client = openai.OpenAI(base_url=f"{proc.url}/engines/v1", api_key="unused", max_retries=0, timeout=30)
@@ -52,6 +53,8 @@ def test_cli_flags(procs: ProcessFactory) -> None:
     assert done.choices[0].message.content == "Hello from gamma (ai/gemma3). chunk 1."
     assert streamed == done.choices[0].message.content
     assert [m["id"] for m in get_json(f"{proc.url}/engines/v1/models")["data"]] == ["ai/gemma3:latest"]
+    [runner] = get_json(f"{proc.url}/_emulator/state")["runners"]
+    assert (runner["tag"], runner["parallel"]) == ("ai/gemma3:latest", 3)
 
 
 def test_no_ps_flag(procs: ProcessFactory) -> None:
@@ -96,7 +99,7 @@ def test_refuse_gives_econnrefused_and_sigterm_exits(procs: ProcessFactory) -> N
 
 
 def test_bad_arguments_exit_2() -> None:
-    for args in (["--list-mode", "sometimes"], ["--engines", "tensorflow"], []):
+    for args in (["--list-mode", "sometimes"], ["--engines", "tensorflow"], ["--parallel", "0"], []):
         done = subprocess.run(
             [sys.executable, "-m", "tests.emulator", *(["--port", "1"] if args else []), *args],
             cwd=ROOT,

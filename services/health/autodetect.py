@@ -11,8 +11,7 @@ import json
 import socket
 import struct
 
-import aiohttp
-
+from services.health.fetch import FETCH_ERRORS, Fetcher
 from services.health.inventory import InventoryError, parse_model_list
 from shared.config import Endpoint, resolve_endpoint
 from shared.endpoints import EndpointConfig
@@ -51,25 +50,23 @@ def default_candidates(*, gateway: str | None) -> tuple[str, ...]:
     return tuple(candidates)
 
 
-async def answers_like_dmr(session: aiohttp.ClientSession, base_url: str, *, timeout_s: float) -> bool:
+async def answers_like_dmr(fetcher: Fetcher, base_url: str, *, timeout_s: float) -> bool:
     """True when `base_url` lists models the way DMR does."""
     try:
-        async with session.get(
-            base_url + DMR_MODELS_PATH, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
-        ) as resp:
-            if resp.status != 200:
-                return False
-            parse_model_list(json.loads(await resp.read()))
-            return True
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError, InventoryError):
+        answer = await fetcher.get(base_url, DMR_MODELS_PATH, {}, timeout_s)
+        if answer.status != 200:
+            return False
+        parse_model_list(json.loads(answer.body))
+        return True
+    except (*FETCH_ERRORS, InventoryError):  # ValueError covers bad JSON too
         return False
 
 
-async def detect(session: aiohttp.ClientSession, candidates: tuple[str, ...], *, timeout_s: float) -> str | None:
+async def detect(fetcher: Fetcher, candidates: tuple[str, ...], *, timeout_s: float) -> str | None:
     """The first candidate (in the given order) that answers like DMR, or None."""
     if not candidates:
         return None
-    answers = await asyncio.gather(*(answers_like_dmr(session, url, timeout_s=timeout_s) for url in candidates))
+    answers = await asyncio.gather(*(answers_like_dmr(fetcher, url, timeout_s=timeout_s) for url in candidates))
     return next((url for url, ok in zip(candidates, answers, strict=True) if ok), None)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-import aiohttp
-
+from shared.h1 import BadResponse
+from shared.h1client import UpstreamDisconnected
 from shared.state import EndpointStatus
 
 T = TypeVar("T")
@@ -42,23 +43,20 @@ def is_failure(status: EndpointStatus) -> bool:
 
 def describe_transport_error(exc: BaseException, timeout_s: float) -> str:
     """A short, stable text for `last_error` (no addresses or object reprs that change every probe)."""
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, TimeoutError):
         return f"timeout after {timeout_s:g}s"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, socket.gaierror):
         return "DNS lookup failed"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error = exc.os_error
-        if isinstance(os_error, ConnectionRefusedError):
-            return "connection refused"
-        return f"cannot connect: {os_error.strerror or type(os_error).__name__}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, UpstreamDisconnected):
         return "server closed the connection"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "response cut short"
-    if isinstance(exc, aiohttp.ClientOSError):
-        if isinstance(exc.__cause__, ConnectionResetError) or exc.errno == 104:
-            return "connection reset"
-        return f"connection error: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, BadResponse):
+        return f"bad response: {exc}"[:200]
+    if isinstance(exc, OSError):
+        return f"cannot connect: {exc.strerror or type(exc).__name__}"
     return f"{type(exc).__name__}: {exc}"[:200]
 
 

@@ -7,18 +7,15 @@ older DMR lacks (404) is "absent", which is not a failure.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
-import yarl
-
 from services.health.backoff import parse_retry_after_s
 from services.health.classify import Aux, aux_kind_for_status, classify, describe_transport_error
+from services.health.fetch import FETCH_ERRORS, Answer, Fetcher
 from services.health.inventory import (
     InventoryError,
     parse_engines,
@@ -73,14 +70,7 @@ class ProbeResult:
     version: Aux[str | None] = field(default_factory=Aux.skipped)
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    body: bytes
-    retry_after: str | None
-
-
-def _error_text(answer: _Answer) -> str:
+def _error_text(answer: Answer) -> str:
     snippet = " ".join(answer.body[:_ERROR_BODY_CHARS].decode("utf-8", "replace").split())
     return f"HTTP {answer.status}" + (f": {snippet}" if snippet else "")
 
@@ -92,46 +82,15 @@ def _parse_json(body: bytes) -> object:
         raise InventoryError("not JSON") from exc
 
 
-def create_session() -> aiohttp.ClientSession:
-    """The one HTTP session for all probes: no connection cap (hundreds of endpoints), keep-alive reuse."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),  # each request carries its endpoint's check_timeout
-        cookie_jar=aiohttp.DummyCookieJar(),  # probes never need cookies; filtering them costs per request
-        auto_decompress=True,
-        raise_for_status=False,
-        headers={"User-Agent": "pier-health/0.1"},
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _timeout(total_s: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=total_s)
-
-
-@functools.lru_cache(maxsize=8192)
-def _url(base: str, path: str) -> yarl.URL:
-    """Parsed once per endpoint and route, not on every probe."""
-    return yarl.URL(base + path)
-
-
 class Prober:
-    """Probes endpoints through a shared session. Holds no per-endpoint state."""
+    """Probes endpoints through the worker's one `Fetcher`. Holds no per-endpoint state."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, busy_threshold_s: float) -> None:
-        self._session = session
+    def __init__(self, fetcher: Fetcher, *, busy_threshold_s: float) -> None:
+        self._fetcher = fetcher
         self._busy_threshold_s = busy_threshold_s
 
-    async def _get(self, endpoint: Endpoint, path: str) -> _Answer:
-        async with self._session.get(
-            _url(endpoint.url, path),
-            headers=endpoint.headers,
-            timeout=_timeout(endpoint.check_timeout_s),
-            allow_redirects=False,
-        ) as resp:
-            body = await resp.read()
-            return _Answer(resp.status, body, resp.headers.get("Retry-After"))
+    async def _get(self, endpoint: Endpoint, path: str) -> Answer:
+        return await self._fetcher.get(endpoint.url, path, endpoint.headers, endpoint.check_timeout_s)
 
     async def probe(self, endpoint: Endpoint, plan: Plan | None = None) -> ProbeResult:
         """Probe once. Never raises for anything the endpoint does (only cancellation propagates).
@@ -142,7 +101,7 @@ class Prober:
         started = time.monotonic()
         try:
             answer = await self._get(endpoint, endpoint.health_check_path)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except FETCH_ERRORS as exc:
             return ProbeResult(EndpointStatus.OFFLINE, None, describe_transport_error(exc, endpoint.check_timeout_s))
         latency_s = time.monotonic() - started
         latency_ms = round(latency_s * 1000, 3)
@@ -210,7 +169,7 @@ class Prober:
     async def _aux(self, endpoint: Endpoint, path: str, parse: Callable[[object], T]) -> Aux[T]:
         try:
             answer = await self._get(endpoint, path)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except FETCH_ERRORS as exc:
             return Aux("failed", error=f"{path}: {describe_transport_error(exc, endpoint.check_timeout_s)}")
         kind = aux_kind_for_status(answer.status)
         if kind != "ok":

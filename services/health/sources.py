@@ -13,10 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
-
 from services.health import autodetect
 from services.health.discovery import DockerUnavailable, DockerWatcher, watch
+from services.health.fetch import Fetcher
 from services.health.labels import Discovery, merge_endpoints
 from services.health.settings import HealthSettings
 from shared.config import Endpoint, PierConfig
@@ -30,12 +29,10 @@ OnChange = Callable[[], Awaitable[None]]
 class EndpointSources:
     """The current endpoint table, and the tasks that keep it current (`follow`)."""
 
-    def __init__(
-        self, settings: HealthSettings, config: PierConfig, session: Callable[[], aiohttp.ClientSession]
-    ) -> None:
+    def __init__(self, settings: HealthSettings, config: PierConfig, fetcher: Callable[[], Fetcher]) -> None:
         self._settings = settings
         self._config = config
-        self._session = session  # the prober's session, for the zero-config probes
+        self._fetcher = fetcher  # the prober's, for the zero-config probes
         self._discovered: tuple[Endpoint, ...] = ()
         self._auto: tuple[Endpoint, ...] = ()
         self._docker: DockerWatcher | None = None
@@ -133,7 +130,7 @@ class EndpointSources:
         if any(e.type == "docker-model-runner" for e in self._discovered):
             return False  # Docker discovery found DMR itself
         candidates = self._candidates()
-        url = await autodetect.detect(self._session(), candidates, timeout_s=self._settings.autodetect_timeout_s)
+        url = await autodetect.detect(self._fetcher(), candidates, timeout_s=self._settings.autodetect_timeout_s)
         if url is None:
             log.warning("no endpoint configured and no DMR answered at %s", ", ".join(candidates))
             return False

@@ -13,12 +13,12 @@ import contextlib
 import logging
 import time
 
-import aiohttp
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
+from services.health.fetch import Fetcher
 from services.health.lease import Lease
-from services.health.probe import Prober, create_session, plan_for
+from services.health.probe import Prober, plan_for
 from services.health.publisher import Publisher
 from services.health.scheduler import Scheduler
 from services.health.settings import HealthSettings
@@ -59,11 +59,11 @@ class HealthWorker:
         self._lease = Lease(self._redis, keys.HEALTH_LEASE, self.instance_id, ttl_s=settings.lease_ttl_s)
         # The global provider unless one is given (tests); a no-op until telemetry is configured.
         self._tracer = trace.get_tracer("pier.health", tracer_provider=tracer_provider)
-        self._session: aiohttp.ClientSession | None = None
+        self._fetcher: Fetcher | None = None
         self._prober: Prober | None = None
         self._states: dict[str, EndpointState] = {}
         self._full_read_at: dict[str, float] = {}  # when every inventory route was last read (probe.Plan)
-        self._sources = EndpointSources(settings, self.config, self._ensure_session)
+        self._sources = EndpointSources(settings, self.config, self._ensure_fetcher)
         self._scheduler: Scheduler | None = None
         self._lead_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -124,8 +124,8 @@ class HealthWorker:
             log.warning("could not release the lease or heartbeat: %s", exc)
         self._remove_id_file()
         self._sources.close()
-        if self._session is not None:
-            await self._session.close()
+        if self._fetcher is not None:
+            await self._fetcher.close()
         if self._owns_redis:
             await self._redis.aclose()
 
@@ -142,8 +142,8 @@ class HealthWorker:
 
     def _ensure_prober(self) -> Prober:
         if self._prober is None:
-            self._session = create_session()
-            self._prober = Prober(self._session, busy_threshold_s=self.settings.busy_threshold_s)
+            self._fetcher = Fetcher()
+            self._prober = Prober(self._fetcher, busy_threshold_s=self.settings.busy_threshold_s)
         return self._prober
 
     async def _tick(self, endpoint: Endpoint) -> float:
@@ -301,10 +301,10 @@ class HealthWorker:
             if change.added or change.changed:
                 log.info("probing %d endpoint(s); new: %s", len(table), ", ".join((*change.added, *change.changed)))
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
+    def _ensure_fetcher(self) -> Fetcher:
         self._ensure_prober()
-        assert self._session is not None
-        return self._session
+        assert self._fetcher is not None
+        return self._fetcher
 
     # ---- the id file for --check ----------------------------------------------------------------------
 

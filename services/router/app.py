@@ -25,8 +25,8 @@ from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.statecache import StateCache
 from services.router.status import MANAGEMENT, StatusRoutes
-from services.router.upstream import UpstreamPool
 from shared.config import PierConfig
+from shared.h1client import UpstreamPool
 
 log = logging.getLogger(__name__)
 

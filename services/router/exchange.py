@@ -29,7 +29,7 @@ from services.router.errors import (
 from services.router.headers import downstream_headers, pier_headers
 from services.router.settings import RouterSettings
 from services.router.table import Target
-from services.router.upstream import BadResponse, Origin, UpstreamDisconnected, UpstreamPool, UpstreamResponse
+from shared.h1client import BadResponse, Origin, UpstreamDisconnected, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from services.router.routing import Decision, RouteError
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.table import Target
-from services.router.upstream import Origin
 from shared.config import PierConfig
+from shared.h1client import Origin
 from shared.names import normalise_model
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from services.router.turns import Turns
+from shared.turns import Turns
 
 
 class Runtime:

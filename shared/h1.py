@@ -1,6 +1,6 @@
 """HTTP/1.1 on the wire, toward endpoints: the request head the router writes, and an incremental parser of the
 response (RFC 9112): status line and headers, then the body by its framing (Content-Length, chunked, or until
-the endpoint closes). No I/O here: `services.router.upstream` feeds it the bytes of one connection.
+the endpoint closes). No I/O here: `shared.h1client` feeds it the bytes of one connection.
 
 Why not aiohttp's client: it builds a request object, a response object, a stream reader, trace hooks and a
 cookie filter per request, which was most of the router's CPU per request. The router needs far less: it
@@ -66,18 +66,17 @@ class _Chunk(Enum):
 
 
 def request_head(method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body_length: int) -> bytes:
-    """The request line and headers (with `Host` and `Content-Length`), ready to write before the body.
-
-    A CR or LF inside a name or value would let it smuggle another header or request: ValueError.
+    """The request line and headers (with `Host`, and `Content-Length` unless a GET or HEAD has no body), ready to
+    write before the body. A CR or LF inside a name or value would let it smuggle another header or request:
+    ValueError.
     """
-    parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    count = 2
-    for name, value in headers:
-        parts.append(f"{name}: {value}\r\n")
-        count += 1
-    parts.append(f"Content-Length: {body_length}\r\n\r\n")
-    text = "".join(parts)
-    if text.count("\n") != count + 2 or text.count("\r") != count + 2:
+    lines = [f"{method} {target} HTTP/1.1\r\n", f"Host: {host}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    if body_length or method not in ("GET", "HEAD"):  # some servers refuse a body on GET, even an empty one
+        lines.append(f"Content-Length: {body_length}\r\n")
+    lines.append("\r\n")
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
         raise ValueError("a header name or value holds a line break")
     return text.encode("utf-8", "surrogateescape")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from services.router.upstream import (
+from shared.h1client import (
     HIGH_WATER_BYTES,
     BadResponse,
     Origin,
@@ -81,8 +81,9 @@ class Peer:
         lines = raw[:-4].decode("utf-8", "surrogateescape").split("\r\n")
         headers = [(name, value) for name, _, value in (line.partition(": ") for line in lines[1:])]
         lengths = [value for name, value in headers if name.lower() == "content-length"]
-        assert len(lengths) == 1, f"not exactly one Content-Length: {headers}"
-        body = await self.reader.readexactly(int(lengths[0]))
+        # A request without Content-Length has no body (RFC 9112 6.3): the client sends none on a bodiless GET.
+        assert len(lengths) <= 1, f"more than one Content-Length: {headers}"
+        body = await self.reader.readexactly(int(lengths[0])) if lengths else b""
         received = Received(raw, lines[0], headers, body)
         self.requests.append(received)
         return received

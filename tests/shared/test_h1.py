@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from services.router.h1 import MAX_HEAD_BYTES, MAX_LINE_BYTES, BadResponse, Framing, ResponseParser, request_head
+from shared.h1 import MAX_HEAD_BYTES, MAX_LINE_BYTES, BadResponse, Framing, ResponseParser, request_head
 
 # -- helpers
 
@@ -641,9 +641,12 @@ def test_request_head_exact_bytes() -> None:
 
 
 def test_request_head_without_headers() -> None:
+    # A GET without a body says nothing of one; a POST always gives its length, even 0.
+    assert request_head("GET", "/models", "h:1", [], 0) == b"GET /models HTTP/1.1\r\nHost: h:1\r\n\r\n"
+    assert request_head("HEAD", "/", "h:1", [], 0) == b"HEAD / HTTP/1.1\r\nHost: h:1\r\n\r\n"
     assert (
-        request_head("GET", "/models", "h:1", [], 0)
-        == b"GET /models HTTP/1.1\r\nHost: h:1\r\nContent-Length: 0\r\n\r\n"
+        request_head("POST", "/v1/embeddings", "h:1", [], 0)
+        == b"POST /v1/embeddings HTTP/1.1\r\nHost: h:1\r\nContent-Length: 0\r\n\r\n"
     )
 
 

@@ -1,5 +1,6 @@
-"""The router's HTTP/1.1 client for endpoints: keep-alive connections pooled per origin, one request at a time
-on each, the response relayed as the connection's reads arrive, with bounded buffering (backpressure).
+"""Pier's HTTP/1.1 client for endpoints (the router's requests, the health worker's probes): keep-alive
+connections pooled per origin, one request at a time on each, the response relayed as the connection's reads
+arrive, with bounded buffering (backpressure).
 
 Timeouts are single timer handles on the loop, not `asyncio.timeout` scopes: connect (per new connection),
 response head (per request), and read (between two reads of the body).
@@ -17,8 +18,8 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDictProxy
 
-from services.router.h1 import BadResponse, Framing, Head, ResponseParser, request_head
-from services.router.turns import Turns
+from shared.h1 import BadResponse, Framing, Head, ResponseParser, request_head
+from shared.turns import Turns
 
 # Body bytes buffered from one endpoint before the router stops reading its socket (the client is slower than
 # the endpoint); reading resumes once the client has taken them.
@@ -266,6 +267,22 @@ class UpstreamResponse:
             if conn.body_done:
                 return b""
             await conn.wait_body(self._read_timeout_s)
+
+    async def read(self, limit_bytes: int) -> bytes:
+        """The whole body, then the connection goes back to the pool; BadResponse when it is over `limit_bytes`."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while chunk := await self.readany():
+                size += len(chunk)
+                if size > limit_bytes:
+                    raise BadResponse(f"response body over {limit_bytes} bytes")
+                parts.append(chunk)
+        except BaseException:
+            self.close()
+            raise
+        self.release()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
         """Done with it: the connection goes back to the pool if it can carry another request, else closes."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.router.upstream import Origin, UpstreamPool
+from shared.h1client import Origin, UpstreamPool
 
 ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 

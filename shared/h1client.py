@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from shared.turns import Turns
 HIGH_WATER_BYTES = 256 * 1024
 _SPLIT_WRITE_BYTES = 64 * 1024  # bigger request bodies are written after the head, not copied onto it
 
-__all__ = ["BadResponse", "Origin", "UpstreamDisconnected", "UpstreamPool", "UpstreamResponse"]
+__all__ = ["BadResponse", "Origin", "UpstreamDisconnected", "UpstreamPool", "UpstreamResponse", "origin_of"]
 
 
 class UpstreamDisconnected(ConnectionError):
@@ -62,6 +63,12 @@ class Origin:
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.scheme, self.host, self.port)
+
+
+@functools.lru_cache(maxsize=4096)  # endpoints come and go (discovery): bounded
+def origin_of(url: str) -> Origin:
+    """`Origin.parse`, once per endpoint URL rather than once per request (ValueError for what is not http(s))."""
+    return Origin.parse(url)
 
 
 class _Connection(asyncio.Protocol):
@@ -364,31 +371,36 @@ class UpstreamPool:
         for conn in list(self._open):
             conn._close_now()
         self._idle.clear()
-        self._turns.fail_all(ConnectionError("the router is shutting down"))
+        self._turns.fail_all(ConnectionError("the connection pool is closed"))
         # Let the transports deliver connection_lost before the loop goes away.
         await asyncio.sleep(0)
 
     async def _acquire(self, origin: Origin, connect_timeout_s: float) -> _Connection:
         if self._closed:
-            raise ConnectionError("the router is shutting down")
-        idle = self._idle.get(origin.key)
-        if idle:
-            stale_before = self.loop.time() - self._keepalive_s
-            while idle:
-                conn = idle.pop()  # the most recently used: least likely to have been closed by the endpoint
-                if not conn.closed and conn.idle_since > stale_before and not _closing(conn):
-                    return conn
-                conn._close_now()
+            raise ConnectionError("the connection pool is closed")
+        conn = self._take_idle(origin.key)
+        if conn is not None:
+            return conn
         while self._limit and len(self._open) + self._connecting >= self._limit:
             if not self._close_one_idle():
                 await self._turns.wait()
-                idle = self._idle.get(origin.key)
-                while idle:
-                    conn = idle.pop()
-                    if not conn.closed and not _closing(conn):
-                        return conn
-                    conn._close_now()
+                conn = self._take_idle(origin.key)  # a connection released while this waited
+                if conn is not None:
+                    return conn
         return await self._connect(origin, connect_timeout_s)
+
+    def _take_idle(self, key: tuple[str, str, int]) -> _Connection | None:
+        """A pooled connection to `key` that is still usable, closing the stale ones on the way."""
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        stale_before = self.loop.time() - self._keepalive_s
+        while idle:
+            conn = idle.pop()  # the most recently used: least likely to have been closed by the endpoint
+            if not conn.closed and conn.idle_since > stale_before and not _closing(conn):
+                return conn
+            conn._close_now()
+        return None
 
     async def _connect(self, origin: Origin, connect_timeout_s: float) -> _Connection:
         context: ssl.SSLContext | None = None
@@ -410,7 +422,7 @@ class UpstreamPool:
             self._connecting -= 1
         if self._closed:
             conn._close_now()
-            raise ConnectionError("the router is shutting down")
+            raise ConnectionError("the connection pool is closed")
         if conn.closed:  # the endpoint hung up between accepting and our first write
             raise UpstreamDisconnected("the endpoint closed the connection as it opened", reused=False)
         return conn

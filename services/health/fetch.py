@@ -7,12 +7,11 @@ the bulk of the worker's CPU. One pool per worker, keep-alive connections per en
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shared.h1 import BadResponse
-from shared.h1client import Origin, UpstreamPool
+from shared.h1client import UpstreamPool, origin_of
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a model listing far beyond any real one: the endpoint is misbehaving
 KEEPALIVE_S = 30.0
@@ -30,12 +29,6 @@ class Answer:
     retry_after: str | None
 
 
-@functools.lru_cache(maxsize=4096)
-def _origin(base_url: str) -> Origin:
-    """Parsed once per endpoint URL, not on every probe (ValueError for what is not http(s))."""
-    return Origin.parse(base_url)
-
-
 class Fetcher:
     """GETs with one deadline for the whole exchange (connect, head and body). Create it inside the loop."""
 
@@ -44,7 +37,7 @@ class Fetcher:
 
     async def get(self, base_url: str, path: str, headers: Mapping[str, str], timeout_s: float) -> Answer:
         """Raises one of FETCH_ERRORS; TimeoutError when the whole exchange took over `timeout_s`."""
-        origin = _origin(base_url)
+        origin = origin_of(base_url)
         fields = [*_FIXED_HEADERS, *headers.items()] if headers else _FIXED_HEADERS
         async with asyncio.timeout(timeout_s):
             response = await self._pool.request(

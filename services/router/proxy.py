@@ -43,7 +43,7 @@ from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.table import Target
 from shared.config import PierConfig
-from shared.h1client import Origin
+from shared.h1client import origin_of
 from shared.names import normalise_model
 
 if TYPE_CHECKING:
@@ -52,8 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DMR_TYPE = "docker-model-runner"
-
-MAX_CACHED_ORIGINS = 4096
 
 # DMR's engine names (`/engines/{engine}/v1/...`); any other name is a 404, as on DMR.
 ENGINES = frozenset({"llama.cpp", "vllm", "mlx", "sglang", "diffusers"})
@@ -133,7 +131,6 @@ class Proxy:
         self._circuits = circuits
         self._ids = ids
         self._decisions = Decisions(config, runtime, circuits)
-        self._origins: dict[str, Origin] = {}
         self._state: StateCache | None = None
         self._exchanger: Exchanger | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -220,7 +217,7 @@ class Proxy:
                     return await exchanger.exchange(
                         call,
                         target,
-                        self._origin(target.url),
+                        origin_of(target.url),
                         path,
                         headers,
                         send,
@@ -239,15 +236,6 @@ class Proxy:
             raise self._exhausted(call, decision, last, refused, not_native)
         except Exception as exc:
             return answer_error(request, exc)
-
-    def _origin(self, url: str) -> Origin:
-        """An endpoint's origin: parsed once per endpoint URL, not once per request."""
-        origin = self._origins.get(url)
-        if origin is None:
-            if len(self._origins) >= MAX_CACHED_ORIGINS:
-                self._origins.clear()  # endpoints come and go (discovery): keep the cache bounded
-            origin = self._origins[url] = Origin.parse(url)
-        return origin
 
     async def _wait_for_room(
         self,

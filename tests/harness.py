@@ -39,7 +39,10 @@ class Timeout(AssertionError):
 
 
 @overload
-async def wait_for(check: Callable[[], Awaitable[T]], *, timeout_s: float = 10.0, what: str = "condition") -> T: ...
+async def wait_for(
+    check: Callable[[], Awaitable[T | None]], *, timeout_s: float = 10.0, what: str = "condition"
+) -> T:  # the value is truthy, so never None
+    ...
 @overload
 async def wait_for(check: Callable[[], T], *, timeout_s: float = 10.0, what: str = "condition") -> T: ...
 async def wait_for(check: Callable[[], object], *, timeout_s: float = 10.0, what: str = "condition") -> object:
@@ -242,19 +245,46 @@ class RedisServer:
         self.popen = started.popen
 
 
-def redis_server_binary() -> str:
-    """Find redis-server; install it from Debian's packages when it is missing (root only)."""
-    found = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+class MissingTool(RuntimeError):
+    """A system binary a test needs is absent and cannot be installed here; the message says what to install."""
+
+
+def system_binary(name: str, package: str) -> str:
+    """The path of a system binary, installed from Debian's packages when missing (root with apt-get only).
+
+    Otherwise raises MissingTool naming the package: the test command promises to do its own set-up, so a
+    missing tool is either installed or reported in one line, never a FileNotFoundError deep in a test.
+    """
+    found = shutil.which(name) or next(
+        (str(p) for d in ("/usr/bin", "/usr/sbin", "/sbin") if (p := Path(d) / name).exists()), None
     )
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env)
-        return "/usr/bin/redis-server"
-    raise RuntimeError("redis-server is not installed and cannot be installed here (need root and apt-get)")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env, capture_output=True)
+        found = shutil.which(name) or next(
+            (str(p) for d in ("/usr/bin", "/usr/sbin") if (p := Path(d) / name).exists()), None
+        )
+        if found:
+            return found
+    raise MissingTool(f"{name} is not installed: install it with `apt-get install {package}` (as root)")
+
+
+def require_binary(name: str, package: str) -> str:
+    """system_binary() for a test: a missing tool fails the test with one line saying what to install."""
+    import pytest  # only tests call this; the benchmark CLI uses system_binary()
+
+    try:
+        return system_binary(name, package)
+    except MissingTool as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def redis_server_binary() -> str:
+    """Find redis-server; install it from Debian's packages when it is missing (root only)."""
+    return system_binary("redis-server", "redis-server")
 
 
 def start_redis(*, port: int | None = None, workdir: Path | None = None) -> RedisServer:

@@ -115,4 +115,9 @@ async def test_warm_state_and_heartbeats(redis: Redis) -> None:
     await statestore.beat(redis, "health", "h1", ttl_s=5)
     age = await statestore.heartbeat_age_s(redis, "health", "h1")
     assert age is not None
-    assert age <= time.time() - before + 0.01
+    assert 0.0 <= age <= time.time() - before + 0.01
+    # A beat 30 s old reads as 30 s (a lower bound: an age that is always 0 fails here).
+    await redis.set(keys.heartbeat("health", "h1"), f"{time.time() - 30:.3f}")
+    old = await statestore.heartbeat_age_s(redis, "health", "h1")
+    assert old is not None
+    assert 29.9 <= old <= 31.0

@@ -7,12 +7,12 @@ tried at once; the earliest in preference order that answered wins.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import struct
 
 from services.health.fetch import FETCH_ERRORS, Fetcher
 from services.health.inventory import InventoryError, parse_model_list
+from shared import jsontext
 from shared.config import Endpoint, resolve_endpoint
 from shared.endpoints import EndpointConfig
 from shared.profiles import ProfileSet
@@ -56,9 +56,9 @@ async def answers_like_dmr(fetcher: Fetcher, base_url: str, *, timeout_s: float)
         answer = await fetcher.get(base_url, DMR_MODELS_PATH, {}, timeout_s)
         if answer.status != 200:
             return False
-        parse_model_list(json.loads(answer.body))
+        parse_model_list(jsontext.loads(answer.body))
         return True
-    except (*FETCH_ERRORS, InventoryError):  # ValueError covers bad JSON too
+    except (*FETCH_ERRORS, InventoryError):  # ValueError covers bad and too-deep JSON too
         return False
 
 

@@ -7,7 +7,6 @@ older DMR lacks (404) is "absent", which is not a failure.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,9 @@ from services.health.inventory import (
     parse_pulled,
     parse_version,
 )
+from shared import jsontext
 from shared.config import Endpoint
+from shared.jsontext import JSONTooDeep
 from shared.state import EndpointState, EndpointStatus, LoadedModel, PulledModel
 
 T = TypeVar("T")
@@ -77,7 +78,9 @@ def _error_text(answer: Answer) -> str:
 
 def _parse_json(body: bytes) -> object:
     try:
-        return json.loads(body) if body.strip() else None
+        return jsontext.loads(body) if body.strip() else None
+    except JSONTooDeep as exc:
+        raise InventoryError("JSON nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InventoryError("not JSON") from exc
 

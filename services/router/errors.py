@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from shared import jsontext
+
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("pier.request_id", str)
@@ -246,8 +248,8 @@ def normalise_upstream_error(status: int, content_type: str, body: bytes, flavou
 def loading_message(body: bytes) -> bool:
     """True for llama.cpp's 503 `{"error":{"code":503,"message":"Loading model",...}}`."""
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = jsontext.loads(body)
+    except ValueError:  # JSONTooDeep included: an endpoint's nesting must not crash the retry decision
         return b"loading model" in body.lower()
     error = data.get("error") if isinstance(data, dict) else None
     message = error.get("message") if isinstance(error, dict) else None

@@ -42,8 +42,10 @@ from services.router.routing import Decision, RouteError
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.table import Target
+from shared import jsontext
 from shared.config import PierConfig
 from shared.h1client import origin_of
+from shared.jsontext import JSONTooDeep
 from shared.names import normalise_model
 
 if TYPE_CHECKING:
@@ -94,9 +96,11 @@ def parse_body(body: bytes) -> tuple[dict[str, Any], str | None]:
     if not body.strip():
         raise InvalidJSON("request body is empty; expected a JSON object")
     try:
-        data = json.loads(body.decode("utf-8-sig"))  # str: json skips its encoding detection
+        data = jsontext.loads(body.decode("utf-8-sig"))  # str: json skips its encoding detection
     except UnicodeDecodeError:
         raise InvalidJSON("request body is not valid UTF-8") from None
+    except JSONTooDeep:
+        raise InvalidJSON("request body is JSON nested too deeply") from None
     except ValueError as exc:
         raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

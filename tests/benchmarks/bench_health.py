@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from shared import keys
 from shared.state import EndpointState, EndpointStatus
 from tests.benchmarks.paced_upstream import listings
 from tests.benchmarks.procstat import CpuSnapshot, system_busy_s
-from tests.harness import ROOT, free_port, port_open, start_redis, wait_for_sync
+from tests.harness import ROOT, free_port, port_open, start_redis, system_binary, wait_for_sync
 
 TARGET_PERCENT = 25.0
 MODELS = ["ai/smollm2", "ai/gemma3"]
@@ -163,7 +162,7 @@ def measure(
 
 
 def run(endpoints: int, interval_s: float, timeout_s: float, warmup_s: float, duration_s: float) -> Measurement:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx = system_binary("nginx", "nginx")
     if not Path(nginx).exists():
         raise SystemExit("bench_health: nginx is not installed (Debian: apt-get install nginx-light)")
     workdir = Path(tempfile.mkdtemp(prefix="pier-bench-health-"))

@@ -7,6 +7,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from tests.harness import system_binary
+
 JSON_MODEL = "bench-json"  # served by nginx (fixed chat completion)
 SSE_MODEL = "bench-sse"  # served by the paced upstream (20 events, 20 ms apart)
 SSE_EVENTS = 20  # data events per stream, the final `data: [DONE]` included
@@ -51,7 +53,7 @@ def base_env() -> dict[str, str]:
 
 
 def pinned(cpus: str | None, argv: list[str]) -> list[str]:
-    return argv if cpus is None else ["taskset", "-c", cpus, *argv]
+    return argv if cpus is None else [system_binary("taskset", "util-linux"), "-c", cpus, *argv]
 
 
 def python_module(module: str, *args: str) -> list[str]:

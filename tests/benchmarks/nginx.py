@@ -6,12 +6,11 @@ kept inside the run's own directory.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from tests.benchmarks.paced_upstream import CHAT_JSON, listings, sse_body
+from tests.harness import system_binary
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SSE_PATH = "/bench/sse"  # the fixed SSE body, for the upstream's own figures
 
 
@@ -98,4 +97,4 @@ def proxy_config(workdir: Path, routes: list[tuple[int, str]]) -> Path:
 
 
 def argv(config: Path, workdir: Path) -> list[str]:
-    return [NGINX, "-p", str(workdir), "-c", str(config)]
+    return [system_binary("nginx", "nginx"), "-p", str(workdir), "-c", str(config)]

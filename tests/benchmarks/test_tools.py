@@ -11,7 +11,7 @@ from tests.benchmarks import report, wrk
 from tests.benchmarks.layout import DMR_CHAT_PATH, JSON_BODY, python_module
 from tests.benchmarks.profile import hot_spots
 from tests.benchmarks.stream_client import analyse, run_streams
-from tests.harness import ProcessFactory, free_port, http_ok, port_open
+from tests.harness import ProcessFactory, free_port, http_ok, port_open, require_binary
 
 
 def _paced(procs: ProcessFactory, *args: str) -> str:
@@ -66,6 +66,7 @@ async def test_paced_upstream_streams_events_over_time_and_the_client_sees_them(
 
 
 def test_wrk_reports_requests_and_status_errors(procs: ProcessFactory, tmp_path: Path) -> None:
+    require_binary("wrk", "wrk")
     url = _paced(procs)
     script = wrk.write_script(tmp_path / "post.lua", JSON_BODY)
     ok = wrk.run(url + DMR_CHAT_PATH, script, connections=2, duration_s=1)

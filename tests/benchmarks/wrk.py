@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.harness import system_binary
+
 MARK = "PIER_BENCH_JSON "
 
 LUA = r"""
@@ -63,7 +65,7 @@ def run(
 ) -> WrkResult:
     """One bounded wrk run; raises RuntimeError with wrk's output when it fails or prints no figures."""
     argv = [
-        "wrk",
+        system_binary("wrk", "wrk"),
         f"-t{min(threads, connections)}",
         f"-c{connections}",
         f"-d{max(1, round(duration_s))}s",
@@ -73,7 +75,7 @@ def run(
         url,
     ]
     if cpus is not None:
-        argv = ["taskset", "-c", cpus, *argv]
+        argv = [system_binary("taskset", "util-linux"), "-c", cpus, *argv]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + timeout_s + 30, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):

@@ -228,7 +228,7 @@ def test_docker_discovery_override_finds_a_labelled_container(pier: Pier, engine
             lambda: (e := endpoints_by_name(pier.base_url).get("dmr-c")) and e["status"] == "healthy" and e,
             "the health worker (non-root, socket via DOCKER_GID) to discover and probe dmr-c",
         )
-        assert found["source"] != "static", found
+        assert found["source"] == "docker", found
         engine.docker("rm", "--force", name)
         pier.wait(lambda: "dmr-c" not in endpoints_by_name(pier.base_url), "dmr-c to leave the table once removed")
     finally:

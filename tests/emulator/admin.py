@@ -22,7 +22,7 @@ async def _body(request: web.Request) -> dict[str, Any] | web.Response:
     raw = await request.read()
     try:
         body = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return _error(400, "body: invalid JSON")
     if not isinstance(body, dict):
         return _error(400, "body: expected a JSON object")

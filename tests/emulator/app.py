@@ -195,7 +195,7 @@ async def _record(request: web.Request, seq: int) -> RequestRecord:
             text = raw.decode("utf-8", errors="replace")
             try:
                 body = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # the log keeps a too-deep body as text
                 body = text
     return RequestRecord(
         id=seq,

@@ -52,7 +52,7 @@ async def parse(request: web.Request) -> Inference:
         raise DmrError(400, "request too large")
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # Go's decoder refuses nesting past its max depth: a 400, like bad JSON
         raise DmrError(400, "invalid request") from None
     if not isinstance(body, dict):
         raise DmrError(400, "invalid request")

@@ -295,7 +295,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise DmrError(400, "request too large")
     try:
         body = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep is refused like malformed, as Go's decoder does
         raise DmrError(400, "invalid request") from None
     if not isinstance(body, dict):
         raise DmrError(400, "invalid request")

@@ -169,3 +169,15 @@ async def test_cors_rejects_non_local_origins(http: aiohttp.ClientSession, start
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
         assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+
+
+async def test_deep_json_is_a_text_400_as_for_bad_json(http: aiohttp.ClientSession, emu: EmulatorServer) -> None:
+    """DMR's Go decoder refuses nesting past its max depth as it refuses malformed JSON."""
+    deep = b'{"model":"ai/smollm2","x":' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    for path in ("/engines/v1/chat/completions", "/models/create"):
+        async with http.post(f"{emu.url}{path}", data=deep) as resp:
+            assert resp.status == 400
+            assert resp.content_type == TEXT
+            assert await text_of(resp) == "invalid request"
+    async with http.get(f"{emu.url}/") as resp:
+        assert resp.status == 200  # still serving

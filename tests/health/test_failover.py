@@ -60,7 +60,8 @@ async def test_leader_failover(procs: ProcessFactory, redis: Redis, redis_url: s
     # Steady state with a standby: one probe a second, not two (no double probing), all written by `a`.
     gaps = await steady_gaps(emu, 6)
     print("probe gaps with two workers:", [round(g, 3) for g in gaps])
-    assert min(gaps) > 0.7
+    # Two workers probing would average 0.5 s; one averages 1 s (a busy moment only stretches the mean).
+    assert sum(gaps) / len(gaps) > 0.8
     assert await written_by(redis, "a")
     events_before = len(await all_events(redis))
 
@@ -73,7 +74,7 @@ async def test_leader_failover(procs: ProcessFactory, redis: Redis, redis_url: s
     assert takeover_s < 2 * LEASE_TTL_S + 1.5
     await wait_for(lambda: written_by(redis, "b"), timeout_s=10, what="b to write the state")
     gaps = await steady_gaps(emu, 4)
-    assert min(gaps) > 0.7
+    assert sum(gaps) / len(gaps) > 0.8
     # The new leader started from the state in Redis: the endpoint did not change, so nothing is announced.
     assert len(await all_events(redis)) == events_before
 

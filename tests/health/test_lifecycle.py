@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared import keys, statestore
-from shared.state import EndpointStatus, Event, EventKind
+from shared.state import EndpointState, EndpointStatus, Event, EventKind
 from tests.harness import ROOT, ProcessFactory, RedisServer, free_port, wait_for
 from tests.health.support import (
     all_events,
@@ -217,13 +217,14 @@ async def test_redis_restart_is_survived(procs: ProcessFactory, own_redis: Redis
         await wait_for(lease_and_beat, timeout_s=20, what="lease and heartbeat in the new Redis")
         # Still probing on time in the new Redis (readers re-snapshot a new Redis; see docs/state.md).
         again = await wait_for(lambda: _checked_after(client, back.checked_at + 1.5), timeout_s=10, what="probes")
-        assert again
+        # Written by the worker that holds the new Redis's lease (not a stale write from before the outage).
+        assert again.writer == await client.get(keys.HEALTH_LEASE) == "h1"
         assert health.alive()
         assert "Traceback" not in health.output()
     finally:
         await client.aclose()
 
 
-async def _checked_after(redis: Redis, when: float) -> bool:
+async def _checked_after(redis: Redis, when: float) -> EndpointState | None:
     state = await read_state(redis, "emu")
-    return state is not None and state.checked_at > when and state.status is EndpointStatus.HEALTHY
+    return state if state is not None and state.checked_at > when and state.status is EndpointStatus.HEALTHY else None

@@ -54,6 +54,18 @@ CASES: list[tuple[str, dict[str, Any] | None, EndpointStatus, str | None]] = [
         EndpointStatus.UNHEALTHY,
         "garbage from /engines/v1/models",
     ),
+    (
+        # Valid JSON nested 10,000 deep: refused like garbage, not a RecursionError in the probe loop.
+        "deep JSON 200",
+        {
+            "mode": "status",
+            "status": 200,
+            "message": '{"data":' + "[" * 10_000 + "]" * 10_000 + "}",
+            "paths": ["/engines/v1/models"],
+        },
+        EndpointStatus.UNHEALTHY,
+        "garbage from /engines/v1/models",
+    ),
     ("401", {"mode": "status", "status": 401}, EndpointStatus.CONFIG_ERROR, "HTTP 401"),
     ("403", {"mode": "status", "status": 403}, EndpointStatus.CONFIG_ERROR, "HTTP 403"),
     ("429", {"mode": "status", "status": 429, "retry_after": 7}, EndpointStatus.RATE_LIMITED, "HTTP 429"),

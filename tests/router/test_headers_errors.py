@@ -134,6 +134,8 @@ def test_loading_message_detection() -> None:
     assert loading_message(b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}')
     assert not loading_message(b'{"error":{"code":503,"message":"busy","type":"unavailable_error"}}')
     assert not loading_message(b"service unavailable")
+    # An endpoint's 503 nested past the parser's depth is not a crash, just not "loading".
+    assert not loading_message(b'{"error":' * 10_000 + b"1" + b"}" * 10_000)
 
 
 @pytest.mark.parametrize(
@@ -167,3 +169,5 @@ def test_body_parsing() -> None:
         parse_body(b"[1, 2]")
     with pytest.raises(InvalidRequest):
         parse_body(b'{"model": 3}')
+    with pytest.raises(InvalidJSON, match="nested too deeply"):
+        parse_body(b"[" * 10_000 + b"]" * 10_000)

@@ -12,7 +12,8 @@ import aiohttp
 import anthropic
 import pytest
 
-from tests.harness import ProcessFactory, RedisServer
+from shared.names import normalise_model
+from tests.harness import ProcessFactory, RedisServer, wait_for
 from tests.router.support import MODEL, EmuSpec, Stack, build_stack, chat
 
 CHAT = "/engines/v1/chat/completions"
@@ -175,13 +176,32 @@ async def test_listings_are_answered_from_the_table(stack: Stack) -> None:
             assert MODEL in (await resp.json())["tags"]
         async with http.get("/models/ai/absent") as resp:
             assert resp.status == 404
-        async with http.get("/engines/ps") as resp:
+        # A chat loads MODEL on e1; the merged /engines/ps then shows DMR's own row for it, tagged with e1,
+        # once the health worker has probed it.
+        async with http.post(CHAT, json=chat()) as resp:
             assert resp.status == 200
-            assert isinstance(await resp.json(), list)
+        async with aiohttp.ClientSession() as direct, direct.get(f"{stack.emu('e1').url}/engines/ps") as resp:
+            (dmr_row,) = [row for row in await resp.json() if normalise_model(row["model_name"]) == MODEL]
+
+        async def e1_ps_row() -> dict[str, Any] | None:
+            async with http.get("/engines/ps") as resp:
+                assert resp.status == 200
+                rows = await resp.json()
+            mine = (r for r in rows if r["endpoint"] == "e1" and normalise_model(r["model_name"]) == MODEL)
+            return next(mine, None)
+
+        row = await wait_for(e1_ps_row, timeout_s=15, what="e1's loaded model in /engines/ps")
+        assert row["backend_name"] == dmr_row["backend_name"] == "llama.cpp"
+        assert row.get("mode") == dmr_row.get("mode")
         async with http.get("/engines/status") as resp:
             assert (await resp.json())["llama.cpp"].startswith("Running")
         async with http.get("/olla/models") as resp:
             assert resp.status == 200
+            olla = {m["id"]: m for m in (await resp.json())["data"]}
+        assert sorted(olla) == ["ai/gemma3:latest", MODEL]
+        assert normalise_model("fast") in olla[MODEL]["olla"]["aliases"]  # the configured alias, normalised
+        assert {a["endpoint"] for a in olla[MODEL]["olla"]["availability"]} == {"e1", "e2"}
+        assert {a["endpoint"] for a in olla["ai/gemma3:latest"]["olla"]["availability"]} == {"e2"}
         async with http.get("/internal/status/models") as resp:
             assert MODEL in await resp.json()
         async with http.get("/") as resp:

@@ -168,10 +168,14 @@ async def test_a_malformed_event_is_skipped(redis_url: str, redis: Redis) -> Non
     cache = StateCache(two_endpoints(), redis_url, resync_interval_s=3600, block_ms=200)
     async with running(cache):
         await wait_for(lambda: cache.connected, timeout_s=DEADLINE_S, what="connected")
+        snapshots, reconnects, applied = cache.stats.snapshots, cache.stats.reconnects, cache.stats.events_applied
         await redis.xadd(keys.EVENTS, {"kind": "status_changed", "endpoint": "a", "event": "{not json"})
         await report(redis, live_state("a"))
         await wait_for(lambda: cache.table.targets["a"].routable, timeout_s=DEADLINE_S, what="valid event")
         assert cache.connected
+        # Skipped in place: no reconnect and no fresh snapshot to get past it, and only the valid event applied.
+        assert (cache.stats.snapshots, cache.stats.reconnects) == (snapshots, reconnects)
+        assert cache.stats.events_applied == applied + 1
 
 
 async def test_a_corrupt_state_key_is_retried_not_fatal(redis_url: str, redis: Redis) -> None:

@@ -39,9 +39,13 @@ async def test_each_sse_event_reaches_the_client_before_the_next_is_produced(
     assert arrivals[-1][1] == "[DONE]"
     (record,) = await stack.emu("e1").requests()
     produced_no_earlier = [record["at"] + k * INTERVAL_S for k in range(len(arrivals))]
-    for k in range(len(arrivals) - 1):
-        arrived = arrivals[k][0]
-        assert arrived < produced_no_earlier[k + 1], (
-            f"event {k} reached the client {arrived - record['at']:.2f}s after the request reached the endpoint: "
-            f"not before event {k + 1} could be produced ({(k + 1) * INTERVAL_S:.2f}s)"
-        )
+    lags = [arrivals[k][0] - produced_no_earlier[k] for k in range(len(arrivals) - 1)]
+    early = [lag < INTERVAL_S for lag in lags]
+    print("lag of each event behind its production (s):", [round(lag, 3) for lag in lags])
+    # A proxy that buffers (or holds each event until the next one comes) has every lag >= INTERVAL_S. A busy
+    # machine may stall one event once, so: all but one relayed before the next was produced, and the
+    # mean lag well under one interval.
+    assert sum(early) >= len(early) - 1, (
+        f"events relayed only after the next one could be produced: {[k for k, ok in enumerate(early) if not ok]}"
+    )
+    assert sum(lags) / len(lags) < INTERVAL_S / 2, lags

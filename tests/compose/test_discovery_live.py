@@ -1,28 +1,30 @@
 """Docker discovery against a real Docker engine: labelled containers come and go, the worker follows.
 
-Needs a running Docker engine (the compose tier has one); without it the test is skipped with the reason.
-The containers run only `sleep` (an image made here from this machine's /bin/sleep: no registry needed);
-their `pier.url` label points at an emulator on loopback, so every probe stays on this machine.
+Part of the compose tier: the tier's `engine` fixture installs and starts the engine when none runs, and
+under CI=true a missing engine fails the run instead of skipping it. The containers run only `sleep` (an
+image made here from this machine's /bin/sleep: no registry needed); their `pier.url` label points at an
+emulator on loopback, so every probe stays on this machine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import subprocess
 import tarfile
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
+from docker.errors import NotFound
 from redis.asyncio import Redis
 
 from shared import keys
 from shared.state import EndpointStatus, Event, EventKind
+from tests.compose.engine import DOCKER, SOCKET, Engine
 from tests.harness import ProcessFactory, wait_for
 from tests.health.support import (
     all_events,
@@ -35,25 +37,9 @@ from tests.health.support import (
     write_config,
 )
 
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(300)]
+
 IMAGE = "pier-health-test-sleep:local"
-
-
-def _docker_client() -> Any:
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except Exception as exc:  # any failure to reach the engine means: no engine here
-        reason = f"no Docker engine reachable ({type(exc).__name__}: {exc}); the compose tier covers discovery"
-    else:
-        return client
-    # docker.from_env() leaves its probe socket open when the engine is missing (the exception held it until
-    # now): collect it here, so its ResourceWarning does not surface in whichever test runs next.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-    print(f"SKIPPED: {reason}")
-    pytest.skip(reason)
 
 
 def _sleep_image_tar() -> bytes:
@@ -68,12 +54,14 @@ def _sleep_image_tar() -> bytes:
 
 
 @pytest.fixture
-def docker_client() -> Iterator[Any]:
-    client = _docker_client()
-    try:
-        client.images.get(IMAGE)
-    except Exception:
-        subprocess.run(["docker", "import", "-", IMAGE], input=_sleep_image_tar(), check=True, capture_output=True)
+def docker_client(engine: Engine) -> Iterator[Any]:
+    """A Docker SDK client on the tier's engine (started by the `engine` fixture, never skipped in CI)."""
+    if not engine.image_exists(IMAGE):
+        # A binary tar on stdin (engine.docker() sends text).
+        subprocess.run(
+            [DOCKER, "import", "-", IMAGE], input=_sleep_image_tar(), env=engine.env, check=True, capture_output=True
+        )
+    client = docker.DockerClient(base_url=f"unix://{SOCKET}", timeout=10)
     yield client
     client.close()
 
@@ -82,8 +70,6 @@ def docker_client() -> Iterator[Any]:
 def containers(docker_client: Any) -> Iterator[list[Any]]:
     started: list[Any] = []
     yield started
-    from docker.errors import NotFound
-
     for container in started:
         with contextlib.suppress(NotFound):  # the test removed it itself
             container.remove(force=True)

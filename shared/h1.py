@@ -20,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 MAX_HEAD_BYTES = 64 * 1024  # a response head bigger than this is refused (aiohttp's default limit is 8 KiB a line)
 MAX_LINE_BYTES = 4096  # a chunk-size line or trailer line
 _NO_BODY_STATUSES = frozenset({204, 304})
+_BODY_FIELDS = frozenset({"content-length", "transfer-encoding"})
 # Field lines: an RFC 9110 token, a colon, a value without CR, LF or NUL, CRLF. A bare CR or LF could hide a
 # field inside another's value; whitespace before the colon and folded lines are refused, as RFC 9112 asks.
 _FIELDS = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*\r\n)*")
@@ -84,7 +85,7 @@ def request_head(method: str, target: str, host: str, headers: Iterable[tuple[st
 class ResponseParser:
     """One response, parsed as its bytes arrive: `feed` returns the body bytes each read completes."""
 
-    __slots__ = ("_buf", "_chunk", "_chunk_left", "_left", "_no_body", "complete", "head", "reusable")
+    __slots__ = ("_buf", "_chunk", "_chunk_left", "_left", "_no_body", "anomaly", "complete", "head", "reusable")
 
     def __init__(self, *, no_body: bool = False) -> None:
         self._no_body = no_body  # a HEAD request: whatever the headers say, no body follows
@@ -94,7 +95,9 @@ class ResponseParser:
         self._chunk_left = 0
         self.head: Head | None = None
         self.complete = False  # the whole response arrived
-        self.reusable = False  # complete, keep-alive, and nothing stray after it
+        self.reusable = False  # complete, framed unambiguously, keep-alive, and nothing stray after it
+        # What made the framing doubtful (the connection is then never reused), for the operator's log.
+        self.anomaly: str | None = None
 
     def feed(self, data: bytes) -> bytes:
         """Take the next bytes from the connection; return the (decoded) body bytes among them.
@@ -112,11 +115,11 @@ class ResponseParser:
                 return b""
             if self.complete:
                 if data:
-                    self.reusable = False
+                    self._stray()
                 return b""
         elif self.complete:
             if data:
-                self.reusable = False
+                self._stray()
             return b""
         if head.framing is Framing.LENGTH:
             left = self._left
@@ -145,6 +148,16 @@ class ResponseParser:
     def _finish(self, head: Head, *, stray: bool) -> None:
         self.complete = True
         self.reusable = head.keep_alive and not stray
+        if stray:
+            self._stray()
+
+    def _stray(self) -> None:
+        self.reusable = False
+        self.anomaly = self.anomaly or "bytes after the end of the response"
+
+    def _doubt(self, what: str) -> None:
+        """The framing is not beyond doubt: this connection carries no other request."""
+        self.anomaly = self.anomaly or what
 
     def _parse_head(self, data: bytes) -> bytes:
         """Parse heads from `data` (skipping interim 1xx ones); return the bytes after the final head."""
@@ -193,11 +206,16 @@ class ResponseParser:
         if status < 200:
             if status == 101:
                 raise BadResponse("the endpoint switched protocols, which the router does not forward")
+            if any(name.lower() in _BODY_FIELDS for name, _ in pairs):
+                self._doubt(f"an interim {status} response with body headers")
             return None
         headers = CIMultiDictProxy(CIMultiDict(pairs))
         framing, length, clean = self._framing(status, headers)
         if version == b"HTTP/1.0" and "Transfer-Encoding" in headers:
             clean = False  # RFC 9112 6.1: faulty framing in HTTP/1.0; close the connection after the message
+            self._doubt("Transfer-Encoding in an HTTP/1.0 response")
+        if self.anomaly is not None:
+            clean = False  # an interim response before this one was already doubtful
         connection = ",".join(headers.getall("Connection", ())).lower()
         # HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked.
         persistent = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
@@ -205,17 +223,26 @@ class ResponseParser:
         return Head(status, reason.decode("latin-1"), headers, framing, length, keep_alive)
 
     def _framing(self, status: int, headers: CIMultiDictProxy[str]) -> tuple[Framing, int, bool]:
-        """(framing, length, clean): clean is False when the framing headers conflict (no reuse after)."""
-        if self._no_body or status in _NO_BODY_STATUSES:
-            return Framing.NONE, 0, True
+        """(framing, length, clean): clean is False when the framing is not beyond doubt (no reuse after)."""
         encodings = headers.getall("Transfer-Encoding", ())
         lengths = headers.getall("Content-Length", ())
+        if self._no_body or status in _NO_BODY_STATUSES:
+            # No body by definition, whatever the headers say. But a 204/304 (or HEAD answer) is where a sloppy
+            # endpoint writes a body anyway, late: bytes that would become the next request's answer. Such a
+            # connection is never reused; with body headers on it, that is also worth the operator's attention.
+            if status in _NO_BODY_STATUSES and (encodings or any(v.strip() != "0" for v in lengths)):
+                self._doubt(f"body headers on a {status} response, which has no body")
+            return Framing.NONE, 0, False
         if encodings:
             codings = [c.strip().lower() for value in encodings for c in value.split(",") if c.strip()]
-            clean = not lengths  # both: Transfer-Encoding wins, and the connection is not trusted after
-            if codings and codings[-1] == "chunked":
-                return Framing.CHUNKED, 0, clean
-            return Framing.CLOSE, 0, False
+            # Only chunked (after any number of identity) is decoded here; gzip and the rest would reach the
+            # client as bytes no header explains. RFC 9112 6.1 lets a proxy refuse what it cannot decode.
+            if not codings or codings[-1] != "chunked" or any(c != "identity" for c in codings[:-1]):
+                raise BadResponse(f"unsupported Transfer-Encoding {', '.join(encodings)[:80]!r}")
+            if lengths:  # both: Transfer-Encoding wins (RFC 9112 6.3), and the connection is not trusted after
+                self._doubt("both Content-Length and Transfer-Encoding")
+                return Framing.CHUNKED, 0, False
+            return Framing.CHUNKED, 0, True
         if lengths:
             values = {v.strip() for value in lengths for v in value.split(",")}
             if len(values) != 1:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
+import select
+import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ from multidict import CIMultiDictProxy
 
 from shared.h1 import BadResponse, Framing, Head, ResponseParser, request_head
 from shared.turns import Turns
+
+log = logging.getLogger(__name__)
 
 # Body bytes buffered from one endpoint before the router stops reading its socket (the client is slower than
 # the endpoint); reading resumes once the client has taken them.
@@ -77,7 +82,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
         self._pool = pool
         self.key = key
+        self.label = f"{key[1]}:{key[2]}"  # the endpoint's name once a request names it, for the log
         self.transport: asyncio.Transport | None = None
+        self.fd = -1
         self.closed = False
         self.idle_since = 0.0
         self.used = 0  # requests sent on it
@@ -94,12 +101,19 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         self._pool._made(self)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         if parser is None or parser.complete:
-            self._close_now()  # bytes nobody asked for: the connection can no longer be trusted
+            # Bytes nobody asked for (idle, or after a complete answer): a late body that must never become the
+            # next request's answer. The connection can no longer be trusted.
+            self._pool.anomaly(
+                self, f"{len(data)} unsolicited bytes {'while idle' if parser is None else 'after the response'}"
+            )
+            self._close_now()
             return
         try:
             body = parser.feed(data)
@@ -183,6 +197,19 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
+    def quiet(self) -> bool:
+        """Nothing has arrived on this idle connection: no byte and no EOF waiting in the socket (urllib3's
+        `is_connection_dropped`). The loop may not have read them yet, so the socket itself is asked."""
+        if self.fd < 0:
+            return False  # cannot tell: not provably clean
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN | select.POLLPRI)
+        if not poller.poll(0):
+            return True
+        if self.key[0] == "http" and _peek(self.fd):  # bytes (not just the endpoint's EOF): worth a warning
+            self._pool.anomaly(self, "unsolicited bytes on an idle connection")
+        return False
+
     def take(self) -> bytes:
         """Every body byte buffered now (b"" when none)."""
         body = self._body
@@ -205,6 +232,10 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         parser = self._parser
         return not self.closed and parser is not None and parser.reusable and not self._body
+
+    def anomaly(self) -> str | None:
+        parser = self._parser
+        return parser.anomaly if parser is not None else None
 
     async def wait_body(self, timeout_s: float | None) -> None:
         """Until body bytes arrive, the body ends, or the connection fails (TimeoutError after `timeout_s`)."""
@@ -232,6 +263,17 @@ def _closing(conn: _Connection) -> bool:
     return conn.transport is None or conn.transport.is_closing()
 
 
+def _peek(fd: int) -> bool:
+    """True when the socket holds bytes (False at EOF or on error), without taking them off it."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
+    finally:
+        sock.detach()  # the fd stays the transport's
+
+
 def _expire(waiter: asyncio.Future[Any], what: str) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError(what))
@@ -240,7 +282,7 @@ def _expire(waiter: asyncio.Future[Any], what: str) -> None:
 class UpstreamResponse:
     """An endpoint's answer: status and headers now, the body as it arrives. `release()` or `close()` it."""
 
-    __slots__ = ("_conn", "_done", "_read_timeout_s", "headers", "reason", "status")
+    __slots__ = ("_conn", "_done", "_read_timeout_s", "framing", "headers", "reason", "status")
 
     def __init__(self, conn: _Connection, head: Head, read_timeout_s: float | None) -> None:
         self._conn = conn
@@ -249,6 +291,9 @@ class UpstreamResponse:
         self.status = head.status
         self.reason = head.reason
         self.headers: CIMultiDictProxy[str] = head.headers
+        # How the body is delimited. Only a LENGTH body is relayed with the endpoint's own Content-Length: the
+        # client is always framed by what the router sends, never by a header it did not honour.
+        self.framing = head.framing
 
     def read_nowait(self) -> bytes:
         """The body bytes already here (maybe b""); raises if the endpoint broke the response."""
@@ -300,7 +345,10 @@ class UpstreamResponse:
         if conn.reusable:
             conn._pool._put_back(conn)
         else:
-            conn._close_now()
+            anomaly = conn.anomaly()
+            if anomaly is not None:
+                conn._pool.anomaly(conn, anomaly)
+            conn._close_now()  # closed is the default: only a provably clean connection is kept
 
     def close(self) -> None:
         """Stop now: the connection closes (an endpoint that is still generating sees the client leave)."""
@@ -323,6 +371,8 @@ class UpstreamPool:
         self._turns = Turns()  # requests waiting for a connection under the limit
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+        # Misframed answers and unsolicited bytes, by kind (the connections concerned were closed, not reused).
+        self.anomalies: collections.Counter[str] = collections.Counter()
 
     @property
     def open_connections(self) -> int:
@@ -343,18 +393,26 @@ class UpstreamPool:
         connect_timeout_s: float,
         head_timeout_s: float | None,
         read_timeout_s: float | None,
+        label: str = "",
     ) -> UpstreamResponse:
         """Send one request and wait for the response head.
 
-        `target` is the path and query (the origin's base path is put in front). Raises TimeoutError (connect or
-        head), OSError (cannot connect; `UpstreamDisconnected` when closed before answering), BadResponse.
+        `target` is the path and query (the origin's base path is put in front); `label` names the endpoint in
+        warnings. Raises TimeoutError (connect or head), OSError (cannot connect; `UpstreamDisconnected` when
+        closed before answering), BadResponse.
         """
         head = request_head(method, origin.base_path + target, origin.host_header, headers, len(body))
         conn = await self._acquire(origin, connect_timeout_s)
+        if label:
+            conn.label = label
         waiter = conn.send(head, body, no_body=method == "HEAD")
         timer = self.loop.call_later(head_timeout_s, _expire, waiter, "no response head") if head_timeout_s else None
         try:
             response_head = await waiter
+        except BadResponse as exc:
+            self.anomaly(conn, str(exc))
+            conn._close_now()
+            raise
         except BaseException:
             conn._close_now()  # an unanswered request leaves the connection in an unknown state
             raise
@@ -397,10 +455,15 @@ class UpstreamPool:
         stale_before = self.loop.time() - self._keepalive_s
         while idle:
             conn = idle.pop()  # the most recently used: least likely to have been closed by the endpoint
-            if not conn.closed and conn.idle_since > stale_before and not _closing(conn):
+            if not conn.closed and conn.idle_since > stale_before and not _closing(conn) and conn.quiet():
                 return conn
             conn._close_now()
         return None
+
+    def anomaly(self, conn: _Connection, what: str) -> None:
+        """An endpoint misframed an answer or sent bytes unasked: counted, and logged with the endpoint's name."""
+        self.anomalies[what.partition(" (")[0]] += 1  # the kind, without its figures
+        log.warning("endpoint %s: %s; its connection is closed, not reused", conn.label, what)
 
     async def _connect(self, origin: Origin, connect_timeout_s: float) -> _Connection:
         context: ssl.SSLContext | None = None

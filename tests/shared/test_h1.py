@@ -204,20 +204,25 @@ def test_chunked_body_with_one_big_chunk_arrives_in_pieces_as_they_come() -> Non
     assert parser.complete
 
 
-def test_transfer_encoding_is_case_insensitive_and_chunked_must_be_last() -> None:
-    parser, body = run([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, CHUNKED\r\n\r\n2\r\nhi\r\n0\r\n\r\n"])
-    assert body == b"hi"
-    assert head_of(parser)[2] is Framing.CHUNKED
-    assert parser.complete
+def test_transfer_encoding_is_case_insensitive_and_identity_before_chunked_is_allowed() -> None:
+    for coding in (b"CHUNKED", b"identity, chunked", b"Identity,Chunked"):
+        parser, body = run([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n2\r\nhi\r\n0\r\n\r\n"])
+        assert body == b"hi"
+        assert head_of(parser)[2] is Framing.CHUNKED
+        assert parser.complete
+        assert parser.reusable
+        assert parser.anomaly is None
 
 
-def test_transfer_encoding_without_chunked_last_is_read_until_close() -> None:
-    parser, body = run([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\nabcdef"])
-    assert body == b"abcdef"
-    assert not parser.complete
-    assert head_of(parser)[2] is Framing.CLOSE
-    assert ended_by_close(parser)
-    assert not parser.reusable
+@pytest.mark.parametrize(
+    "coding",
+    [b"gzip, chunked", b"gzip", b"identity", b"chunked, gzip", b"deflate, identity, chunked", b"chunked, chunked", b""],
+)
+def test_a_transfer_coding_the_router_cannot_decode_is_a_bad_response(coding: bytes) -> None:
+    """gzip under chunked would reach the client as compressed bytes no header explains: refused (a 502)."""
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\nContent-Length: 2\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    with pytest.raises(BadResponse, match="unsupported Transfer-Encoding"):
+        run([raw])
 
 
 def test_transfer_encoding_and_content_length_chunked_wins_and_connection_not_reused() -> None:
@@ -228,6 +233,7 @@ def test_transfer_encoding_and_content_length_chunked_wins_and_connection_not_re
         assert parser.complete
         assert not parser.reusable
         assert head_of(parser)[2:] == (Framing.CHUNKED, False)
+        assert parser.anomaly == "both Content-Length and Transfer-Encoding"
 
 
 # -- bodies read until the endpoint closes
@@ -254,26 +260,44 @@ def test_read_until_close_with_an_empty_body() -> None:
 # -- responses without a body
 
 
-def test_head_request_response_has_no_body_whatever_its_headers_say() -> None:
+def test_head_request_response_has_no_body_whatever_its_headers_say_and_is_not_reused() -> None:
+    """A HEAD answer with a body header is normal (the GET's length), but its connection is not provably clean:
+    an endpoint that writes the body anyway would hand it to the next request. Closed, without a warning."""
     for framing in (b"Content-Length: 1000\r\n", b"Transfer-Encoding: chunked\r\n", b""):
         raw = b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n"
         for pieces in two_way_splits(raw):
             parser, body = run(pieces, no_body=True)
             assert body == b""
             assert parser.complete, framing
-            assert parser.reusable, framing
+            assert not parser.reusable, framing
+            assert parser.anomaly is None
             assert head_of(parser)[2] is Framing.NONE
 
 
 @pytest.mark.parametrize("status", [204, 304])
-def test_no_body_statuses_are_complete_with_the_head(status: int) -> None:
-    raw = f"HTTP/1.1 {status} Nothing\r\nContent-Length: 12\r\nETag: x\r\n\r\n".encode()
+def test_no_body_statuses_are_complete_with_the_head_and_never_reused(status: int) -> None:
+    raw = f"HTTP/1.1 {status} Nothing\r\nContent-Length: 0\r\nETag: x\r\n\r\n".encode()
     for pieces in every_split(raw):
         parser, body = run(pieces)
         assert body == b""
         assert parser.complete
-        assert parser.reusable
-        assert head_of(parser) == (status, "Nothing", Framing.NONE, True)
+        assert not parser.reusable
+        assert parser.anomaly is None  # `Content-Length: 0` is what many servers send: no warning
+        assert head_of(parser) == (status, "Nothing", Framing.NONE, False)
+
+
+@pytest.mark.parametrize("status", [204, 304])
+@pytest.mark.parametrize("framing", [b"Content-Length: 315\r\n", b"Transfer-Encoding: chunked\r\n"])
+def test_body_headers_on_a_no_body_status_are_an_anomaly(status: int, framing: bytes) -> None:
+    """The cross-user leak of issue 17: a 204 with `Content-Length: 315` whose 315 bytes come a moment later."""
+    raw = f"HTTP/1.1 {status} Nothing\r\n".encode() + framing + b"\r\n"
+    parser, body = run([raw])
+    assert body == b""
+    assert parser.complete
+    assert not parser.reusable
+    assert parser.anomaly is not None
+    assert f"body headers on a {status} response" in parser.anomaly
+    assert parser.feed(b'{"id":"chatcmpl-evil"}') == b""  # late bytes are never body
 
 
 @pytest.mark.parametrize("status", [204, 304])
@@ -282,6 +306,28 @@ def test_bytes_after_a_no_body_status_make_the_connection_unusable(status: int) 
     assert body == b""
     assert parser.complete
     assert not parser.reusable
+    assert parser.anomaly == "bytes after the end of the response"
+
+
+def test_an_interim_response_with_body_headers_makes_the_final_one_unreusable() -> None:
+    raw = b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    parser, body = run([raw])
+    assert body == b"ok"
+    assert parser.complete
+    assert not parser.reusable
+    assert parser.anomaly == "an interim 100 response with body headers"
+
+
+def test_longer_and_shorter_than_content_length() -> None:
+    longer, body = run([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokSMUGGLED"])
+    assert body == b"ok"  # the extra bytes are nobody's body
+    assert not longer.reusable
+    assert longer.anomaly == "bytes after the end of the response"
+    shorter, body = run([b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nok"])
+    assert body == b"ok"
+    assert not shorter.complete
+    with pytest.raises(BadResponse, match="before the end of the response body"):
+        shorter.feed_eof()
 
 
 # -- interim responses

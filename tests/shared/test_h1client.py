@@ -202,18 +202,6 @@ async def pool_factory() -> AsyncIterator[Pools]:
             await pool.close()
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    async with endpoints() as start:
-        yield start
-
-
-@pytest.fixture
-async def pools() -> AsyncIterator[Pools]:
-    async with pool_factory() as make:
-        yield make
-
-
 async def send(
     pool: UpstreamPool,
     origin: Origin,
@@ -493,7 +481,7 @@ async def test_interim_response_is_skipped(serve: Serve, pools: Pools) -> None:
     assert len(endpoint.peers) == 1
 
 
-async def test_head_request_response_has_no_body_and_the_connection_is_reused(serve: Serve, pools: Pools) -> None:
+async def test_head_request_response_has_no_body_and_the_connection_is_not_reused(serve: Serve, pools: Pools) -> None:
     async def script(peer: Peer) -> None:
         while (request := await peer.read_request()) is not None:
             if request.method == "HEAD":
@@ -509,12 +497,14 @@ async def test_head_request_response_has_no_body_and_the_connection_is_reused(se
     assert await head.readany() == b""
     assert head.at_eof()
     head.release()
-    assert pool.idle_connections == 1
+    # Not provably clean (an endpoint that wrote the body anyway would answer the next request with it).
+    assert pool.idle_connections == 0
     get = await send(pool, endpoint.origin())
     assert await read_all(get) == b"ok"
     get.release()
-    assert len(endpoint.peers) == 1
-    assert [r.method for r in endpoint.peers[0].requests] == ["HEAD", "GET"]
+    assert len(endpoint.peers) == 2
+    assert [r.method for p in endpoint.peers for r in p.requests] == ["HEAD", "GET"]
+    assert not pool.anomalies  # a HEAD answer's length is normal: nothing to warn about
 
 
 async def test_stray_bytes_after_the_response_close_the_connection(serve: Serve, pools: Pools) -> None:
@@ -1062,7 +1052,7 @@ UVLOOP_SCENARIOS = [
     _case(test_connect_timeout_raises_timeout_and_frees_the_slot),
     _case(test_bad_response_raises_and_closes_the_connection),
     _case(test_interim_response_is_skipped),
-    _case(test_head_request_response_has_no_body_and_the_connection_is_reused),
+    _case(test_head_request_response_has_no_body_and_the_connection_is_not_reused),
     _case(test_stray_bytes_after_the_response_close_the_connection),
     _case(test_bytes_on_an_idle_connection_close_it),
     _case(test_head_timeout_raises_and_the_endpoint_sees_the_connection_closed),

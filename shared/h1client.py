@@ -110,9 +110,8 @@ class _Connection(asyncio.Protocol):
         if parser is None or parser.complete:
             # Bytes nobody asked for (idle, or after a complete answer): a late body that must never become the
             # next request's answer. The connection can no longer be trusted.
-            self._pool.anomaly(
-                self, f"{len(data)} unsolicited bytes {'while idle' if parser is None else 'after the response'}"
-            )
+            where = "while idle" if parser is None else "after the response"
+            self._pool.anomaly(self, f"unsolicited bytes {where} ({len(data)} bytes)")
             self._close_now()
             return
         try:

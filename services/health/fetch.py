@@ -35,14 +35,18 @@ class Fetcher:
     def __init__(self) -> None:
         self._pool = UpstreamPool(keepalive_s=KEEPALIVE_S)
 
-    async def get(self, base_url: str, path: str, headers: Mapping[str, str], timeout_s: float) -> Answer:
-        """Raises one of FETCH_ERRORS; TimeoutError when the whole exchange took over `timeout_s`."""
+    async def get(
+        self, base_url: str, path: str, headers: Mapping[str, str], timeout_s: float, *, label: str = ""
+    ) -> Answer:
+        """Raises one of FETCH_ERRORS; TimeoutError when the whole exchange took over `timeout_s`. `label` names
+        the endpoint in the client's warnings (a misframed answer)."""
         origin = origin_of(base_url)
         fields = [*_FIXED_HEADERS, *headers.items()] if headers else _FIXED_HEADERS
         async with asyncio.timeout(timeout_s):
             response = await self._pool.request(
-                origin, "GET", path, fields, b"", connect_timeout_s=timeout_s, head_timeout_s=None, read_timeout_s=None
-            )
+                origin, "GET", path, fields, b"",
+                connect_timeout_s=timeout_s, head_timeout_s=None, read_timeout_s=None, label=label,
+            )  # fmt: skip
             body = await response.read(MAX_BODY_BYTES)
         return Answer(response.status, body, response.headers.get("Retry-After"))
 

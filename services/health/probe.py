@@ -93,7 +93,9 @@ class Prober:
         self._busy_threshold_s = busy_threshold_s
 
     async def _get(self, endpoint: Endpoint, path: str) -> Answer:
-        return await self._fetcher.get(endpoint.url, path, endpoint.headers, endpoint.check_timeout_s)
+        return await self._fetcher.get(
+            endpoint.url, path, endpoint.headers, endpoint.check_timeout_s, label=endpoint.name
+        )
 
     async def probe(self, endpoint: Endpoint, plan: Plan | None = None) -> ProbeResult:
         """Probe once. Never raises for anything the endpoint does (only cancellation propagates).

@@ -29,12 +29,14 @@ from services.router.errors import (
 from services.router.headers import downstream_headers, pier_headers
 from services.router.settings import RouterSettings
 from services.router.table import Target
+from shared.h1 import Framing
 from shared.h1client import BadResponse, Origin, UpstreamDisconnected, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
 ERROR_BODY_LIMIT = 1024 * 1024  # error bodies read whole to normalise them; bigger ones are relayed as they are
 _UNAVAILABLE = frozenset({502, 503, 504})
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 class _Relay(web.StreamResponse):
@@ -116,6 +118,7 @@ class Exchanger:
                 connect_timeout_s=target.connect_timeout_s,
                 head_timeout_s=None if shield_load else head_timeout_s,
                 read_timeout_s=target.request_timeout_s,
+                label=target.name,
             )
             try:
                 if shield_load:
@@ -134,7 +137,7 @@ class Exchanger:
                 raise Failover(err, mark_down=True) from exc
             except OSError as exc:
                 raise self._transport_failover(target, exc, f"cannot reach endpoint {target.name}") from exc
-            except BadResponse as exc:
+            except BadResponse as exc:  # the pool logged it with the endpoint's name
                 self._circuits.failure(target.name, "bad response")
                 err = UpstreamUnreachable(f"endpoint {target.name} sent a bad response: {_describe(exc)}")
                 raise Failover(err, mark_down=False) from exc
@@ -194,19 +197,32 @@ class Exchanger:
     ) -> web.StreamResponse:
         """Stream the endpoint's answer to the client as it arrives (bounded memory, no coalescing)."""
         out = _Relay(status=upstream.status, reason=upstream.reason)
+        headers = out.headers
         # Filled in place: passing `headers=` to the response would copy them once more.
-        downstream_headers(upstream.headers, out.headers, _pier_headers(call, target, model))
+        downstream_headers(upstream.headers, headers, _pier_headers(call, target, model))
+        # The client is framed by what the router sends, never by a header it did not honour: the endpoint's
+        # Content-Length stays only on a body delimited by it (then exactly that many bytes follow, or the
+        # connection is cut). Transfer-Encoding is hop-by-hop (dropped above): aiohttp chunks what has no length.
+        framed_by_length = upstream.framing is Framing.LENGTH
+        if not framed_by_length and "Content-Length" in headers:
+            headers.popall("Content-Length")
+        broken: BaseException | None = None
+        try:
+            ready = upstream.read_nowait()
+        except (BadResponse, OSError) as exc:
+            ready, broken = b"", exc
+        if prefix:
+            ready = prefix + ready
+        complete = broken is None and upstream.at_eof()
+        if complete and not framed_by_length and upstream.status not in _NO_BODY_STATUSES:
+            out.content_length = len(ready)  # all of it is here: its own length rather than chunks
         finished = False
         try:
             await out.prepare(call.request)
-            try:
-                ready = upstream.read_nowait()
-            except (BadResponse, OSError) as exc:
-                await self._cut(call, target, upstream, out, exc)
+            if broken is not None:
+                await self._cut(call, target, upstream, out, broken)
                 return out
-            if prefix:
-                ready = prefix + ready
-            if upstream.at_eof():
+            if complete:
                 # The whole answer is here (the common non-streaming case): headers, body and end in one write.
                 finished = True
                 upstream.release()

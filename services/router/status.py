@@ -73,6 +73,9 @@ class StatusRoutes:
                 return _json(entry)
         raise ModelNotFound(request.match_info["model"], self.table.model_names)
 
+    async def anthropic_models(self, request: web.Request) -> web.Response:
+        return _json(listing.anthropic_models(self.table))
+
     async def olla_models(self, request: web.Request) -> web.Response:
         return _json(listing.olla_models(self.table))
 

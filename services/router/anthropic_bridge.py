@@ -1,0 +1,107 @@
+"""Which way an Anthropic request goes to one endpoint: the proxy's one call for the Anthropic routes.
+
+Per endpoint, in order (`legs`, a pure function of the target, the request and what was learned):
+- messages: the native route when the profile says it exists and the endpoint never answered 404 there
+  (passthrough), else `/v1/chat/completions` with translation both ways;
+- count_tokens: the native route, else llama-server's `/tokenize` (the endpoint's own tokenizer) unless the
+  endpoint answered 404 there, else an estimate marked `X-Pier-Token-Count: estimated`.
+A 404 meaning "no such route" is remembered per endpoint (in this process) and the next leg is tried at once
+on the same endpoint; everything else (failover, circuits, streaming, disconnects) is the exchanger's as for
+any request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from services.router.anthropic_relay import MODE_HEADER, Leg, Mode, RouteMissing
+from services.router.anthropic_request import estimate_tokens, expect, to_chat, tokenize_body
+from services.router.exchange import Call, Exchanger
+from services.router.headers import pier_headers
+from services.router.table import Target
+from shared.h1client import origin_of
+
+ESTIMATE_HEADER = "X-Pier-Token-Count"
+# The client's Anthropic credential is for Anthropic; a translated request carries the endpoint's own auth.
+_TRANSLATED_DROP = ("x-api-key", "anthropic-version", "anthropic-beta")
+
+
+class AnthropicBridge:
+    """What this router process learned about endpoints' Anthropic routes, and the legs it derives."""
+
+    def __init__(self) -> None:
+        self.no_native: set[str] = set()  # endpoints that answered 404 on the native route
+        self.no_tokenize: set[str] = set()  # endpoints that answered 404 on /tokenize
+
+    def legs(
+        self, target: Target, count: bool, data: dict[str, Any], body: bytes, send_model: str, query: str
+    ) -> list[Leg]:
+        """The ways to try, in order, on `target`. `body` is what passthrough sends (alias already applied)."""
+        wanted = expect(data, data["model"])
+        suffix = f"?{query}" if query else ""
+        legs: list[Leg] = []
+        if target.anthropic_native and target.name not in self.no_native:
+            path = target.anthropic_count_tokens_path if count else target.anthropic_messages_path
+            legs.append(Leg(Mode.PASSTHROUGH, path + suffix, body, wanted, probe=True))
+        if not count:
+            chat = json.dumps(to_chat(data, send_model), separators=(",", ":"), ensure_ascii=False).encode()
+            legs.append(Leg(Mode.TRANSLATION, f"{target.api_prefix}/chat/completions", chat, wanted))
+            return legs
+        if target.name not in self.no_tokenize:
+            tokenize = json.dumps(tokenize_body(data)).encode()
+            legs.append(Leg(Mode.TOKENIZE, "/tokenize", tokenize, wanted, probe=True))
+        estimate = json.dumps({"input_tokens": estimate_tokens(data)}).encode()
+        legs.append(Leg(Mode.ESTIMATE, "", estimate, wanted))
+        return legs
+
+    def remember(self, target: Target, leg: Leg) -> None:
+        (self.no_tokenize if leg.mode is Mode.TOKENIZE else self.no_native).add(target.name)
+
+    async def exchange(
+        self,
+        exchanger: Exchanger,
+        call: Call,
+        target: Target,
+        headers: CIMultiDict[str],
+        legs: list[Leg],
+        model: str,
+        *,
+        shield_load: bool,
+    ) -> web.StreamResponse:
+        """Try `legs` on `target` in order; `Failover` (from the exchanger) when the endpoint failed."""
+        origin = origin_of(target.url)
+        translated: CIMultiDict[str] | None = None
+        for leg in legs:
+            if leg.mode is Mode.ESTIMATE:
+                return _estimate(call, target, leg, model)
+            call.leg = leg
+            send = headers
+            if leg.translates:
+                if translated is None:
+                    translated = headers.copy()
+                    for name in _TRANSLATED_DROP:
+                        translated.popall(name, None)
+                    translated["Content-Type"] = "application/json"
+                    translated["Accept-Encoding"] = "identity"  # the answer is read, so it must be plain
+                send = translated
+            try:
+                return await exchanger.exchange(
+                    call, target, origin, leg.path, send, leg.body, model, shield_load=shield_load
+                )
+            except RouteMissing:
+                self.remember(target, leg)
+        raise RuntimeError("an Anthropic request ran out of legs")  # translation and estimate never raise it
+
+
+def _estimate(call: Call, target: Target, leg: Leg, model: str) -> web.Response:
+    """count_tokens without any tokenizer in reach: the estimate, answered by the router and marked as one."""
+    response = web.Response(body=leg.body, content_type="application/json")
+    for name, value in pier_headers(call.request_id, target.name, model, call.route, call.attempts):
+        response.headers[name] = value
+    response.headers[MODE_HEADER] = Mode.ESTIMATE.value
+    response.headers[ESTIMATE_HEADER] = "estimated"
+    return response

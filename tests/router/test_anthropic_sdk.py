@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from anthropic import Anthropic, AsyncAnthropic, NotFoundError
-from anthropic.types import MessageParam, ToolParam
+from anthropic.types import Message, MessageParam, ToolParam
 
 from tests.harness import ProcessFactory, RedisServer
 from tests.router.support import Emu, EmuSpec, Stack, build_stack
@@ -138,6 +138,7 @@ def test_messages_stream_helper(stack: Stack, model: str, base: str) -> None:
 def test_tool_use_round_trip(stack: Stack, model: str, streamed: bool) -> None:
     with sdk(stack) as client:
         messages: list[MessageParam] = [{"role": "user", "content": "Weather in Paris?"}]
+        first: Message
         if streamed:
             with client.messages.stream(model=model, max_tokens=64, messages=messages, tools=[TOOL]) as stream:
                 first = stream.get_final_message()

@@ -124,7 +124,7 @@ async def test_translation_fails_over_before_the_first_byte(stack: Stack) -> Non
         assert raw.headers["X-Pier-Mode"] == "translation"
         # 2, or 3 when a pooled keep-alive connection to oai was tried first (one fresh retry on a closed one).
         assert raw.headers["X-Pier-Attempts"] in ("2", "3")
-        assert raw.parse().content[0].text.startswith("Hello from oai2")  # type: ignore[union-attr]
+        assert raw.parse().content[0].text.startswith("Hello from oai2")
     finally:
         await oai.reset()
         await wait_routable(stack.url, ["oai"], model=f"{TRANS}:latest")  # the later tests need it back

@@ -123,6 +123,7 @@ def add_routes(app: web.Application, proxy: Proxy, status: StatusRoutes, max_hea
         add_inference(f"{root}/messages/count_tokens", count)
     for root in ANTHROPIC_MODEL_ROOTS:
         add("GET", f"{root}/models", status.anthropic_models)
+        add("GET", f"{root}/models/{{model:.+}}", status.anthropic_model)
     for root in DMR_ROOTS:
         for method, path, what, command in MANAGEMENT:
             if root and path.startswith("/api/"):

@@ -225,7 +225,7 @@ async def test_old_dmr_404_is_remembered(stack: Stack) -> None:
 
 
 def test_models_in_anthropic_shape(stack: Stack) -> None:
-    for base in ("/anthropic", "/olla/anthropic"):
+    for base in BASES:  # "": /v1/models, in Anthropic's shape for the Anthropic SDK (its anthropic-version header)
         with sdk(stack, base) as client:
             page = client.models.list()
             ids = [m.id for m in page.data]
@@ -233,6 +233,11 @@ def test_models_in_anthropic_shape(stack: Stack) -> None:
             assert f"{TRANS}:latest" in ids
             assert all(m.type == "model" for m in page.data)
             assert page.has_more is False
+            model = client.models.retrieve(PASS)
+            assert model.id == f"{PASS}:latest"
+            assert model.type == "model"
+            with pytest.raises(NotFoundError):
+                client.models.retrieve("ai/not-a-model")
 
 
 def test_unknown_model_is_an_anthropic_404(stack: Stack) -> None:

@@ -136,6 +136,35 @@ async def relay_translated(
     return await _stream(request, leg, target, upstream, out, circuits, ping_s)
 
 
+class _Pinger:
+    """Writes a `ping` event whenever the stream has been silent for `ping_s`: one sleeping task per stream
+    (a task per upstream read would cost more than the translation itself). Writes share one lock."""
+
+    def __init__(self, out: web.StreamResponse, ping_s: float) -> None:
+        self._out = out
+        self._ping_s = ping_s
+        self._loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()
+        self.last = self._loop.time()  # when the client was last sent something
+
+    async def run(self) -> None:
+        loop = self._loop
+        with contextlib.suppress(ConnectionError):
+            while True:
+                wait_s = self.last + self._ping_s - loop.time()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+                    continue
+                async with self.lock:
+                    await self._out.write(PING)
+                self.last = loop.time()
+
+    async def write(self, data: bytes) -> None:
+        async with self.lock:
+            await self._out.write(data)
+        self.last = self._loop.time()
+
+
 async def _stream(
     request: web.Request,
     leg: Leg,
@@ -147,33 +176,33 @@ async def _stream(
 ) -> web.StreamResponse:
     translator = StreamTranslator(leg.expect)
     finished = False
-    read: asyncio.Future[bytes] | None = None
+    pinging: asyncio.Task[None] | None = None
     try:
         await out.prepare(request)
+        pinger = _Pinger(out, ping_s)
+        pinging = asyncio.create_task(pinger.run())
         while True:
-            read = asyncio.ensure_future(upstream.readany())
-            while not (await asyncio.wait((read,), timeout=ping_s))[0]:
-                await out.write(PING)  # the endpoint is silent: keep the client's connection alive
             try:
-                chunk = read.result()
-            except (BadResponse, OSError, TimeoutError) as exc:
+                chunk = await upstream.readany()
+            except (BadResponse, OSError) as exc:  # TimeoutError included: no byte for the read timeout
+                pinging.cancel()
                 await _cut(request, target, upstream, out, circuits, exc, translator)
                 return out
-            finally:
-                read = None
             if not chunk:
                 break
             data = translator.feed(chunk)
             if data:
-                await out.write(data)  # at once: nothing waits for later chunks
+                await pinger.write(data)  # at once: nothing waits for later chunks
+        pinging.cancel()
         finished = True
         upstream.release()
-        await out.write_eof(translator.close())
+        async with pinger.lock:
+            await out.write_eof(translator.close())
     except ConnectionError:
         pass  # the client went away: closing the upstream answer (below) stops the generation
     finally:
-        if read is not None:
-            read.cancel()
+        if pinging is not None:
+            pinging.cancel()
         if not finished:
             upstream.close()
     return out

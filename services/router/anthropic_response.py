@@ -283,18 +283,12 @@ class StreamTranslator:
         if isinstance(reasoning, str) and reasoning:
             if self._kind != "thinking":
                 self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
-            body = {"type": "thinking_delta", "thinking": reasoning}
-            out.append(
-                event("content_block_delta", {"type": "content_block_delta", "index": self._block, "delta": body})
-            )
+            out.append(_block_delta(self._block, b"thinking_delta", b"thinking", reasoning))
         text = delta.get("content")
         if isinstance(text, str) and text:
             if self._kind != "text":
                 self._open("text", {"type": "text", "text": ""}, out)
-            body = {"type": "text_delta", "text": text}
-            out.append(
-                event("content_block_delta", {"type": "content_block_delta", "index": self._block, "delta": body})
-            )
+            out.append(_block_delta(self._block, b"text_delta", b"text", text))
         for call in delta.get("tool_calls") or ():
             if isinstance(call, dict):
                 self._tool_delta(call, out)
@@ -319,8 +313,7 @@ class StreamTranslator:
                 self._tools[position] = index
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            body = {"type": "input_json_delta", "partial_json": arguments}
-            out.append(event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": body}))
+            out.append(_block_delta(index, b"input_json_delta", b"partial_json", arguments))
 
     def _end(self) -> list[bytes]:
         out: list[bytes] = []
@@ -334,8 +327,25 @@ class StreamTranslator:
         return out
 
 
+def _block_delta(index: int, kind: bytes, key: bytes, value: str) -> bytes:
+    """A content_block_delta event, written directly: it is most of a stream's events (same bytes as `event()`)."""
+    return (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+        + str(index).encode()
+        + b',"delta":{"type":"'
+        + kind
+        + b'","'
+        + key
+        + b'":'
+        + json.dumps(value, ensure_ascii=False).encode()
+        + b"}}\n\n"
+    )
+
+
 def _data_of(raw: bytes) -> bytes | None:
     """The `data:` payload of one SSE event (lines joined), None for comments and events without data."""
+    if raw[:6] == b"data: " and b"\n" not in raw:
+        return raw[6:].strip()  # the usual event: one data line
     lines = [line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
     if not lines:
         return None

@@ -30,6 +30,7 @@ from services.router.anthropic_response import (
     StreamTranslator,
     error_payload,
     event,
+    message_events,
     to_message,
     tokens_to_count,
 )
@@ -70,14 +71,23 @@ class Leg:
     def translates(self) -> bool:
         return self.mode is not Mode.PASSTHROUGH
 
+    @property
+    def whole_as_events(self) -> bool:
+        """The client asked for a stream, the endpoint answered in one piece: send it as events all the same."""
+        return self.expect.stream and self.mode is Mode.TRANSLATION
+
     def whole(self, body: bytes) -> bytes:
         """A whole (non-streamed) success answer, translated; `BadUpstream` when it cannot be."""
         try:
             data: Any = json.loads(body)
         except ValueError as exc:
             raise BadUpstream(f"the answer is not JSON: {exc}") from None
-        out = tokens_to_count(data) if self.mode is Mode.TOKENIZE else to_message(data, self.expect)
-        return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
+        if self.mode is Mode.TOKENIZE:
+            return json.dumps(tokens_to_count(data)).encode()
+        message = to_message(data, self.expect)
+        if self.whole_as_events:
+            return message_events(message)
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def route_missing(leg: Leg, content_type: str, body: bytes) -> bool:
@@ -123,7 +133,7 @@ async def relay_translated(
     """Answer the client from a successful upstream answer, translated (whole, or event by event)."""
     streaming = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
     if not streaming:
-        headers = _headers(upstream, pier, "application/json")
+        headers = _headers(upstream, pier, "text/event-stream" if leg.whole_as_events else "application/json")
         try:
             raw = await upstream.read(WHOLE_BODY_LIMIT)  # releases (or closes) the connection
             return web.Response(status=upstream.status, body=leg.whole(raw), headers=headers)

@@ -160,6 +160,35 @@ def to_message(completion: Any, expect: Expect) -> dict[str, Any]:
     }
 
 
+def message_events(message: dict[str, Any]) -> bytes:
+    """A whole message as the event sequence a stream would have carried: for a client that asked for a stream
+    from an endpoint that answered in one piece (some servers ignore `stream` for some requests)."""
+    usage_in = message["usage"]
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    start["usage"] = {**usage_in, "output_tokens": 0}
+    out = [event("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(message["content"]):
+        kind = block["type"]
+        if kind == "text":
+            opening: dict[str, Any] = {"type": "text", "text": ""}
+            delta = _block_delta(index, b"text_delta", b"text", block["text"])
+        elif kind == "thinking":
+            opening = {"type": "thinking", "thinking": "", "signature": ""}
+            delta = _block_delta(index, b"thinking_delta", b"thinking", block["thinking"])
+        else:
+            opening = {**block, "input": {}}
+            delta = _block_delta(index, b"input_json_delta", b"partial_json", json.dumps(block["input"]))
+        out.append(
+            event("content_block_start", {"type": "content_block_start", "index": index, "content_block": opening})
+        )
+        out.append(delta)
+        out.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
+    ending = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
+    out.append(event("message_delta", {"type": "message_delta", "delta": ending, "usage": dict(usage_in)}))
+    out.append(event("message_stop", {"type": "message_stop"}))
+    return b"".join(out)
+
+
 def tokens_to_count(answer: Any) -> dict[str, int]:
     """llama-server's `/tokenize` answer as Anthropic's count_tokens answer."""
     tokens = answer.get("tokens") if isinstance(answer, dict) else None

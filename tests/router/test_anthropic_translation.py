@@ -16,6 +16,7 @@ from services.router.anthropic_response import (
     BadUpstream,
     StreamTranslator,
     error_body,
+    message_events,
     to_message,
     tokens_to_count,
 )
@@ -507,3 +508,66 @@ def test_count_tokens_needs_no_max_tokens() -> None:
     check_messages({"model": "m", "messages": [{"role": "user", "content": "x"}]}, count_tokens=True)
     with pytest.raises(InvalidRequest, match="messages: Field required"):
         check_messages({"model": "m"}, count_tokens=True)
+
+
+def accumulate(events: list[list[Any]]) -> dict[str, Any]:
+    """Rebuild a message from its events, the way the SDK does."""
+    message: dict[str, Any] = {}
+    partial: dict[int, str] = {}
+    for name, data in events:
+        if name == "message_start":
+            message = data["message"]
+        elif name == "content_block_start":
+            message["content"].append(data["content_block"])
+        elif name == "content_block_delta":
+            block, delta = message["content"][data["index"]], data["delta"]
+            if delta["type"] == "text_delta":
+                block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
+            else:
+                partial[data["index"]] = partial.get(data["index"], "") + delta["partial_json"]
+        elif name == "content_block_stop" and data["index"] in partial:
+            message["content"][data["index"]]["input"] = json.loads(partial[data["index"]])
+        elif name == "message_delta":
+            message.update(data["delta"])
+            message["usage"] = data["usage"]
+    return message
+
+
+def test_a_whole_answer_to_a_stream_request_is_sent_as_events() -> None:
+    """An endpoint that ignored `stream`: the client still gets the event sequence, and it adds up."""
+    chat = completion({"content": "Hi.", "reasoning_content": "r", "tool_calls": [CALL]}, "tool_calls")
+    message = to_message(chat, Expect("smollm2", True))
+    events = parse_events(message_events(message))
+    assert [e[0] for e in events] == [
+        "message_start",
+        *(["content_block_start", "content_block_delta", "content_block_stop"] * 3),
+        "message_delta",
+        "message_stop",
+    ]
+    assert accumulate(events) == message
+    leg = Leg(Mode.TRANSLATION, "/x", b"", Expect("smollm2", True))
+    assert leg.whole_as_events
+    assert leg.whole(json.dumps(chat).encode()) == message_events(message)
+
+
+FINAL_CONTENT = {
+    "text": [{"type": "text", "text": "Hello there."}],
+    "tool_use": [
+        {"type": "text", "text": "Let me check."},
+        {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "call_b", "name": "get_time", "input": {}},
+    ],
+    "thinking": [
+        {"type": "thinking", "thinking": "The user greets me. Greet back.", "signature": ""},
+        {"type": "text", "text": "Hi!"},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", ["text", "tool_use", "thinking"])
+def test_recorded_streams_add_up_to_the_message(name: str) -> None:
+    """What the SDK rebuilds from a translated stream: the whole answer, nothing lost or doubled."""
+    message = accumulate(json.loads(json.dumps(recorded(name)["expect"])))
+    assert message["content"] == FINAL_CONTENT[name]

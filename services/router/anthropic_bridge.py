@@ -5,14 +5,16 @@ Per endpoint, in order (`legs`, a pure function of the target, the request and w
   (passthrough), else `/v1/chat/completions` with translation both ways;
 - count_tokens: the native route, else llama-server's `/tokenize` (the endpoint's own tokenizer) unless the
   endpoint answered 404 there, else an estimate marked `X-Pier-Token-Count: estimated`.
-A 404 meaning "no such route" is remembered per endpoint (in this process) and the next leg is tried at once
-on the same endpoint; everything else (failover, circuits, streaming, disconnects) is the exchanger's as for
-any request.
+A 404 meaning "no such route" is remembered per endpoint (in this process, for `RELEARN_S`: an upgraded DMR
+gains the route) and the next leg is tried at once on the same endpoint; everything else (failover,
+circuits, streaming, disconnects) is the exchanger's, as for any request.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,12 +32,27 @@ ESTIMATE_HEADER = "X-Pier-Token-Count"
 _TRANSLATED_DROP = ("x-api-key", "anthropic-version", "anthropic-beta")
 
 
+RELEARN_S = 600.0  # how long a 404 on a route is believed before the route is tried again
+
+
 class AnthropicBridge:
     """What this router process learned about endpoints' Anthropic routes, and the legs it derives."""
 
-    def __init__(self) -> None:
-        self.no_native: set[str] = set()  # endpoints that answered 404 on the native route
-        self.no_tokenize: set[str] = set()  # endpoints that answered 404 on /tokenize
+    def __init__(self, *, relearn_s: float = RELEARN_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._relearn_s = relearn_s
+        self._clock = clock
+        # Endpoint name -> when it answered 404 on the native route, on /tokenize.
+        self.no_native: dict[str, float] = {}
+        self.no_tokenize: dict[str, float] = {}
+
+    def _missing(self, learned: dict[str, float], name: str) -> bool:
+        at = learned.get(name)
+        if at is None:
+            return False
+        if self._clock() - at < self._relearn_s:
+            return True
+        del learned[name]  # long ago: try the route again
+        return False
 
     def legs(
         self, target: Target, count: bool, data: dict[str, Any], body: bytes, send_model: str, query: str
@@ -44,14 +61,14 @@ class AnthropicBridge:
         wanted = expect(data, data["model"])
         suffix = f"?{query}" if query else ""
         legs: list[Leg] = []
-        if target.anthropic_native and target.name not in self.no_native:
+        if target.anthropic_native and not self._missing(self.no_native, target.name):
             path = target.anthropic_count_tokens_path if count else target.anthropic_messages_path
             legs.append(Leg(Mode.PASSTHROUGH, path + suffix, body, wanted, probe=True))
         if not count:
             chat = json.dumps(to_chat(data, send_model), separators=(",", ":"), ensure_ascii=False).encode()
             legs.append(Leg(Mode.TRANSLATION, f"{target.api_prefix}/chat/completions", chat, wanted))
             return legs
-        if target.name not in self.no_tokenize:
+        if not self._missing(self.no_tokenize, target.name):
             tokenize = json.dumps(tokenize_body(data)).encode()
             legs.append(Leg(Mode.TOKENIZE, "/tokenize", tokenize, wanted, probe=True))
         estimate = json.dumps({"input_tokens": estimate_tokens(data)}).encode()
@@ -59,7 +76,7 @@ class AnthropicBridge:
         return legs
 
     def remember(self, target: Target, leg: Leg) -> None:
-        (self.no_tokenize if leg.mode is Mode.TOKENIZE else self.no_native).add(target.name)
+        (self.no_tokenize if leg.mode is Mode.TOKENIZE else self.no_native)[target.name] = self._clock()
 
     async def exchange(
         self,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.router.anthropic_bridge import AnthropicBridge
 from services.router.anthropic_check import check_messages
 from services.router.anthropic_relay import Leg, Mode, route_missing
 from services.router.anthropic_request import Expect, estimate_tokens, expect, prompt_text, to_chat, tokenize_body
@@ -21,6 +22,8 @@ from services.router.anthropic_response import (
     tokens_to_count,
 )
 from services.router.errors import InvalidRequest
+from services.router.table import Target, build_table
+from tests.router.core_builders import NOW, config, endpoint, state, states
 
 STREAMS = Path(__file__).parent / "anthropic_streams"
 IMG = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
@@ -571,3 +574,48 @@ def test_recorded_streams_add_up_to_the_message(name: str) -> None:
     """What the SDK rebuilds from a translated stream: the whole answer, nothing lost or doubled."""
     message = accumulate(json.loads(json.dumps(recorded(name)["expect"])))
     assert message["content"] == FINAL_CONTENT[name]
+
+
+# --- which legs an endpoint gets ---------------------------------------------------------------------------------
+
+
+def targets() -> dict[str, Target]:
+    cfg = config(endpoint("dmr"), endpoint("oai", type_="openai-compatible", url="http://oai.test:8080"))
+    return dict(build_table(cfg, states(state("dmr"), state("oai", type_="openai-compatible")), now=NOW).targets)
+
+
+def test_legs_follow_the_profile_and_what_was_learned() -> None:
+    now = [100.0]
+    bridge = AnthropicBridge(relearn_s=60.0, clock=lambda: now[0])
+    dmr, oai = targets()["dmr"], targets()["oai"]
+    data = body()
+
+    def modes(target: Target, count: bool) -> list[tuple[Mode, str]]:
+        return [(leg.mode, leg.path) for leg in bridge.legs(target, count, data, b"{}", "m", "")]
+
+    assert modes(dmr, False) == [
+        (Mode.PASSTHROUGH, "/anthropic/v1/messages"),
+        (Mode.TRANSLATION, "/engines/v1/chat/completions"),
+    ]
+    assert modes(oai, False) == [(Mode.TRANSLATION, "/v1/chat/completions")]
+    assert modes(dmr, True) == [
+        (Mode.PASSTHROUGH, "/anthropic/v1/messages/count_tokens"),
+        (Mode.TOKENIZE, "/tokenize"),
+        (Mode.ESTIMATE, ""),
+    ]
+    assert modes(oai, True) == [(Mode.TOKENIZE, "/tokenize"), (Mode.ESTIMATE, "")]
+    bridge.remember(dmr, bridge.legs(dmr, False, data, b"{}", "m", "")[0])
+    bridge.remember(oai, bridge.legs(oai, True, data, b"{}", "m", "")[0])
+    assert modes(dmr, False) == [(Mode.TRANSLATION, "/engines/v1/chat/completions")]
+    assert modes(oai, True) == [(Mode.ESTIMATE, "")]
+    now[0] += 61.0  # long ago: the routes are tried again (an upgraded endpoint may have them now)
+    assert modes(dmr, False)[0] == (Mode.PASSTHROUGH, "/anthropic/v1/messages")
+    assert modes(oai, True)[0] == (Mode.TOKENIZE, "/tokenize")
+
+
+def test_passthrough_keeps_the_query_and_sends_the_body_as_given() -> None:
+    bridge = AnthropicBridge()
+    legs = bridge.legs(targets()["dmr"], False, body(), b'{"as":"sent"}', "ai/smollm2:latest", "beta=true")
+    assert legs[0].path == "/anthropic/v1/messages?beta=true"
+    assert legs[0].body == b'{"as":"sent"}'
+    assert json.loads(legs[1].body)["model"] == "ai/smollm2:latest"  # the name the endpoint is sent

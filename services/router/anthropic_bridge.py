@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from services.router.anthropic_relay import MODE_HEADER, Leg, Mode, RouteMissing
-from services.router.anthropic_request import estimate_tokens, expect, to_chat, tokenize_body
+from services.router.anthropic_request import Untranslatable, estimate_tokens, expect, to_chat, tokenize_body
+from services.router.errors import InvalidRequest
 from services.router.exchange import Call, Exchanger
 from services.router.headers import pier_headers
 from services.router.table import Target
@@ -56,24 +57,27 @@ class AnthropicBridge:
 
     def legs(
         self, target: Target, count: bool, data: dict[str, Any], body: bytes, send_model: str, query: str
-    ) -> list[Leg]:
-        """The ways to try, in order, on `target`. `body` is what passthrough sends (alias already applied)."""
+    ) -> Iterator[Leg]:
+        """The ways to try, in order, on `target`. `body` is what passthrough sends (alias already applied).
+
+        Lazy: a leg's body is built only when the leg before it did not answer, so passthrough pays nothing for
+        translation. `InvalidRequest` when the request reaches a leg that cannot carry it.
+        """
         wanted = expect(data, data["model"])
-        suffix = f"?{query}" if query else ""
-        legs: list[Leg] = []
         if target.anthropic_native and not self._missing(self.no_native, target.name):
             path = target.anthropic_count_tokens_path if count else target.anthropic_messages_path
-            legs.append(Leg(Mode.PASSTHROUGH, path + suffix, body, wanted, probe=True))
+            yield Leg(Mode.PASSTHROUGH, f"{path}?{query}" if query else path, body, wanted, probe=True)
         if not count:
-            chat = json.dumps(to_chat(data, send_model), separators=(",", ":"), ensure_ascii=False).encode()
-            legs.append(Leg(Mode.TRANSLATION, f"{target.api_prefix}/chat/completions", chat, wanted))
-            return legs
+            try:
+                chat = json.dumps(to_chat(data, send_model), separators=(",", ":"), ensure_ascii=False).encode()
+            except Untranslatable as exc:
+                raise InvalidRequest(f"messages: {exc}", param="messages") from None
+            yield Leg(Mode.TRANSLATION, f"{target.api_prefix}/chat/completions", chat, wanted)
+            return
         if not self._missing(self.no_tokenize, target.name):
-            tokenize = json.dumps(tokenize_body(data)).encode()
-            legs.append(Leg(Mode.TOKENIZE, "/tokenize", tokenize, wanted, probe=True))
+            yield Leg(Mode.TOKENIZE, "/tokenize", json.dumps(tokenize_body(data)).encode(), wanted, probe=True)
         estimate = json.dumps({"input_tokens": estimate_tokens(data)}).encode()
-        legs.append(Leg(Mode.ESTIMATE, "", estimate, wanted))
-        return legs
+        yield Leg(Mode.ESTIMATE, "", estimate, wanted)
 
     def remember(self, target: Target, leg: Leg) -> None:
         (self.no_tokenize if leg.mode is Mode.TOKENIZE else self.no_native)[target.name] = self._clock()
@@ -84,7 +88,7 @@ class AnthropicBridge:
         call: Call,
         target: Target,
         headers: CIMultiDict[str],
-        legs: list[Leg],
+        legs: Iterator[Leg],
         model: str,
         *,
         shield_load: bool,

@@ -26,6 +26,10 @@ from typing import Any
 CHARS_PER_TOKEN = 4  # the estimate when the endpoint has no tokenizer Pier can reach
 
 
+class Untranslatable(ValueError):
+    """The request asks for something the chat completion API cannot carry (a 400 naming it, not a silent drop)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Expect:
     """What the response translation needs to know about the request."""
@@ -60,6 +64,11 @@ def _user_part(block: dict[str, Any]) -> dict[str, Any] | None:
         source = block.get("source")
         if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
             return {"type": "text", "text": source["data"]}
+        kind_of = source.get("type") if isinstance(source, dict) else None
+        raise Untranslatable(
+            f"a document with a {kind_of!r} source needs an endpoint with the native Anthropic route; "
+            "translation carries text documents only"
+        )
     return None
 
 

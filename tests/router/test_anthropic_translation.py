@@ -604,8 +604,8 @@ def test_legs_follow_the_profile_and_what_was_learned() -> None:
         (Mode.ESTIMATE, ""),
     ]
     assert modes(oai, True) == [(Mode.TOKENIZE, "/tokenize"), (Mode.ESTIMATE, "")]
-    bridge.remember(dmr, bridge.legs(dmr, False, data, b"{}", "m", "")[0])
-    bridge.remember(oai, bridge.legs(oai, True, data, b"{}", "m", "")[0])
+    bridge.remember(dmr, next(bridge.legs(dmr, False, data, b"{}", "m", "")))
+    bridge.remember(oai, next(bridge.legs(oai, True, data, b"{}", "m", "")))
     assert modes(dmr, False) == [(Mode.TRANSLATION, "/engines/v1/chat/completions")]
     assert modes(oai, True) == [(Mode.ESTIMATE, "")]
     now[0] += 61.0  # long ago: the routes are tried again (an upgraded endpoint may have them now)
@@ -615,7 +615,22 @@ def test_legs_follow_the_profile_and_what_was_learned() -> None:
 
 def test_passthrough_keeps_the_query_and_sends_the_body_as_given() -> None:
     bridge = AnthropicBridge()
-    legs = bridge.legs(targets()["dmr"], False, body(), b'{"as":"sent"}', "ai/smollm2:latest", "beta=true")
+    legs = list(bridge.legs(targets()["dmr"], False, body(), b'{"as":"sent"}', "ai/smollm2:latest", "beta=true"))
     assert legs[0].path == "/anthropic/v1/messages?beta=true"
     assert legs[0].body == b'{"as":"sent"}'
     assert json.loads(legs[1].body)["model"] == "ai/smollm2:latest"  # the name the endpoint is sent
+
+
+def test_text_documents_are_translated_and_others_refused() -> None:
+    text_doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "The doc."}}
+    chat = to_chat(body(messages=[user(text_doc, {"type": "text", "text": "Summarise."})]), "m")
+    assert chat["messages"] == [{"role": "user", "content": "The doc.\nSummarise."}]
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"}}
+    data = body(messages=[user(pdf)])
+    check_messages(data)  # valid Anthropic: a native endpoint may take it
+    with pytest.raises(InvalidRequest, match="messages: a document with a 'base64' source needs an endpoint"):
+        list(AnthropicBridge().legs(targets()["oai"], False, data, b"{}", "m", ""))
+    native = AnthropicBridge().legs(targets()["dmr"], False, data, b"{}", "m", "")
+    assert next(native).mode is Mode.PASSTHROUGH  # passthrough first; translation only if the route is missing
+    with pytest.raises(InvalidRequest):
+        next(native)

@@ -46,7 +46,9 @@ OPS = ("chat/completions", "completions", "embeddings", "responses")
 PREFIXES = ("/engines/v1", "/v1", "/olla/dmr/engines/v1", "/olla/dmr/v1")
 ENGINE_PREFIXES = ("/engines/{engine}/v1", "/olla/dmr/engines/{engine}/v1")
 DMR_ROOTS = ("", "/olla/dmr")
-ANTHROPIC_ROOTS = ("/anthropic/v1", "/olla/anthropic/v1")
+# Anthropic's own paths (`/v1/messages`, the SDK's default) beside DMR's and Olla's prefixed ones.
+ANTHROPIC_ROOTS = ("/anthropic/v1", "/olla/anthropic/v1", "/v1")
+ANTHROPIC_MODEL_ROOTS = ("/anthropic/v1", "/olla/anthropic/v1")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -119,6 +121,9 @@ def add_routes(app: web.Application, proxy: Proxy, status: StatusRoutes, max_hea
         add_inference(f"{root}/messages", _inference(proxy, Api.ANTHROPIC, "messages", engine_in_path=False))
         count = _inference(proxy, Api.ANTHROPIC_COUNT, "messages/count_tokens", engine_in_path=False)
         add_inference(f"{root}/messages/count_tokens", count)
+    for root in ANTHROPIC_MODEL_ROOTS:
+        add("GET", f"{root}/models", status.anthropic_models)
+        add("GET", f"{root}/models/{{model:.+}}", status.anthropic_model)
     for root in DMR_ROOTS:
         for method, path, what, command in MANAGEMENT:
             if root and path.startswith("/api/"):

@@ -30,7 +30,7 @@ class Flavour(StrEnum):
     ANTHROPIC = "anthropic"
 
 
-ANTHROPIC_PREFIXES = ("/anthropic/", "/olla/anthropic/")
+ANTHROPIC_PREFIXES = ("/anthropic/", "/olla/anthropic/", "/v1/messages")
 
 
 def flavour_of(path: str) -> Flavour:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
+from services.router.anthropic_relay import MODE_HEADER, Leg, RouteMissing, relay_translated, route_missing
+from services.router.anthropic_response import error_body as anthropic_error_body
 from services.router.circuit import Circuits
 from services.router.errors import (
     Flavour,
@@ -66,6 +68,7 @@ class Call:
     route: str  # X-Pier-Route
     model: str  # `model` as the client sent it
     attempts: int = 0
+    leg: Leg | None = None  # Anthropic routes: passthrough or translation (services.router.anthropic_bridge)
 
 
 class Exchanger:
@@ -74,6 +77,7 @@ class Exchanger:
     def __init__(self, pool: UpstreamPool, settings: RouterSettings, circuits: Circuits) -> None:
         self._pool = pool
         self._settings = settings
+        self._ping_s = settings.anthropic_ping_interval_s
         self._circuits = circuits
         self._loop = asyncio.get_running_loop()
 
@@ -145,6 +149,11 @@ class Exchanger:
             status = upstream.status
             if status < 400:
                 self._circuits.success(target.name)
+                if call.leg is not None and call.leg.translates:  # Anthropic translation: its own relay
+                    pier = _pier_headers(call, target, model)
+                    return await relay_translated(
+                        call.request, call.leg, target, upstream, pier, self._circuits, self._ping_s
+                    )
                 return await self._relay(call, target, upstream, model, b"")
             try:
                 error_body, complete = await _read_bounded(upstream, ERROR_BODY_LIMIT)
@@ -153,6 +162,14 @@ class Exchanger:
                 self._circuits.failure(target.name, "error body cut")
                 err = UpstreamUnreachable(f"endpoint {target.name} cut its error response: {_describe(exc)}")
                 raise Failover(err, mark_down=False) from exc
+            leg = call.leg
+            if (
+                status == 404
+                and leg is not None
+                and route_missing(leg, upstream.headers.get("Content-Type", ""), error_body)
+            ):
+                upstream.release()
+                raise RouteMissing(target.name)  # the caller remembers it and tries the next leg here
             if status == 503 and complete and loading_message(error_body):
                 upstream.release()
                 wait_s = min(backoff_s, self._settings.loading_retry_max_s)
@@ -184,7 +201,10 @@ class Exchanger:
         headers = downstream_headers(upstream.headers)
         headers.popall("Content-Length", None)
         content_type = upstream.headers.get("Content-Type", "")
-        if "Content-Encoding" not in upstream.headers:
+        if call.leg is not None and call.leg.translates:
+            body = anthropic_error_body(upstream.status, body)
+            headers["Content-Type"] = "application/json"
+        elif "Content-Encoding" not in upstream.headers:
             rewritten = normalise_upstream_error(upstream.status, content_type, body, call.flavour)
             if rewritten is not None:
                 body = rewritten
@@ -273,7 +293,8 @@ class Exchanger:
 
 
 def _pier_headers(call: Call, target: Target, model: str) -> tuple[tuple[str, str], ...]:
-    return pier_headers(call.request_id, target.name, model, call.route, call.attempts)
+    headers = pier_headers(call.request_id, target.name, model, call.route, call.attempts)
+    return headers if call.leg is None else (*headers, (MODE_HEADER, call.leg.mode.value))
 
 
 async def _shielded(pending: Awaitable[UpstreamResponse], timeout_s: float, remaining_s: float) -> UpstreamResponse:

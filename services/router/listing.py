@@ -8,6 +8,7 @@ shape, Olla shape, DMR's inventory and `ps`) show only routable endpoints: what 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from services.router.table import RoutingTable, Target
@@ -78,6 +79,17 @@ def openai_models(table: RoutingTable) -> dict[str, Any]:
         if model in target.loaded:
             entry["pier"]["loaded_on"].append(target.name)
     return {"object": "list", "data": [entries[m] for m in sorted(entries)]}
+
+
+def anthropic_models(table: RoutingTable) -> dict[str, Any]:
+    """`/anthropic/v1/models`: the same models in Anthropic's list shape (one page holds them all)."""
+    data = []
+    for entry in openai_models(table)["data"]:
+        created = datetime.fromtimestamp(int(entry.get("created") or 0), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data.append({"type": "model", "id": entry["id"], "display_name": entry["id"], "created_at": created})
+    first = data[0]["id"] if data else None
+    last = data[-1]["id"] if data else None
+    return {"data": data, "has_more": False, "first_id": first, "last_id": last}
 
 
 def _aliases_by_model(table: RoutingTable) -> dict[str, list[str]]:

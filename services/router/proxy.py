@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from services.router.anthropic_bridge import AnthropicBridge
+from services.router.anthropic_check import check_messages
 from services.router.circuit import Circuits
 from services.router.decisions import Decisions
 from services.router.errors import (
@@ -63,7 +65,7 @@ class Api(StrEnum):
     """What an inference route forwards to."""
 
     OPENAI = "openai"  # {api_prefix}/{op} or /engines/{engine}/v1/{op}
-    ANTHROPIC = "anthropic"  # the endpoint's native /anthropic/v1/messages
+    ANTHROPIC = "anthropic"  # Messages: native passthrough or translation (services.router.anthropic_bridge)
     ANTHROPIC_COUNT = "anthropic_count_tokens"
 
 
@@ -135,6 +137,7 @@ class Proxy:
         self._circuits = circuits
         self._ids = ids
         self._decisions = Decisions(config, runtime, circuits)
+        self._anthropic = AnthropicBridge()
         self._state: StateCache | None = None
         self._exchanger: Exchanger | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -174,10 +177,15 @@ class Proxy:
                 raise BodyTooLarge(f"request body of {length} bytes is over the limit of {self._max_body_bytes}")
             body = await request.read()
             data: dict[str, Any] | None = None
-            model = sniff_model(body)
-            if model is None:
-                data, model = parse_body(body)
             anthropic = api is not Api.OPENAI
+            if anthropic:
+                # Validated whole (a 400 naming the field, in both modes); translation needs the parsed body.
+                data, model = parse_body(body)
+                check_messages(data, count_tokens=api is Api.ANTHROPIC_COUNT)
+            else:
+                model = sniff_model(body)
+                if model is None:
+                    data, model = parse_body(body)
             decision = self._decisions.decide(state.table, model, engine, anthropic)
             if decision.error is not None or decision.all_full:
                 decision = await self._wait_for_room(loop, decision, model, engine, anthropic)
@@ -189,13 +197,9 @@ class Proxy:
             base_headers: CIMultiDict[str] | None = None
             last: RouterError | None = None
             refused: list[str] = []
-            not_native = 0
             for candidate in decision.candidates:
                 target = candidate.target
                 name = target.name
-                if anthropic and not target.anthropic_native:
-                    not_native += 1
-                    continue
                 if not runtime.has_room(name, target.max_concurrent):
                     continue
                 if not circuits.allow(name):
@@ -210,14 +214,27 @@ class Proxy:
                 else:
                     send = body
                     sent_model = decision.model or ""
-                path = _path(target, api, op, engine)
-                if query:
-                    path = f"{path}?{query}"
                 if base_headers is None:
                     base_headers = upstream_headers(request.headers, request_id)
                 headers = with_endpoint_headers(base_headers, target.headers)
                 runtime.acquire(name)
                 try:
+                    if anthropic:
+                        assert data is not None
+                        count = api is Api.ANTHROPIC_COUNT
+                        legs = self._anthropic.legs(target, count, data, send, upstream_model or model or "", query)
+                        return await self._anthropic.exchange(
+                            exchanger,
+                            call,
+                            target,
+                            headers,
+                            legs,
+                            sent_model,
+                            shield_load=_may_be_loading(target, sent_model),
+                        )
+                    path = _path(target, op, engine)
+                    if query:
+                        path = f"{path}?{query}"
                     return await exchanger.exchange(
                         call,
                         target,
@@ -237,7 +254,7 @@ class Proxy:
                 finally:
                     runtime.release(name)
                     circuits.settle(name)
-            raise self._exhausted(call, decision, last, refused, not_native)
+            raise self._exhausted(call, decision, last, refused)
         except Exception as exc:
             return answer_error(request, exc)
 
@@ -283,10 +300,8 @@ class Proxy:
             )
         return Unavailable(f"no endpoint that serves {model} is available now", retry_after_s=retry_after_s)
 
-    def _exhausted(
-        self, call: Call, decision: Decision, last: RouterError | None, refused: list[str], not_native: int
-    ) -> RouterError:
-        """Why no candidate answered: the last endpoint's failure, open circuits, no native route, or capacity."""
+    def _exhausted(self, call: Call, decision: Decision, last: RouterError | None, refused: list[str]) -> RouterError:
+        """Why no candidate answered: the last endpoint's failure, open circuits, or capacity."""
         if last is not None:
             last.headers = {**last.headers, "X-Pier-Route": call.route, "X-Pier-Attempts": str(call.attempts)}
             return last
@@ -296,21 +311,12 @@ class Proxy:
                 f"the circuit of every endpoint that serves {decision.model} is open ({', '.join(refused)})",
                 retry_after_s=max(1, math.ceil(wait_s)),
             )
-        if not_native and not_native == len(decision.candidates):
-            return Unavailable(
-                f"no endpoint that serves {decision.model} has a native Anthropic route",
-                retry_after_s=self._settings.retry_after_s,
-            )
         return CapacityExceeded(
             f"every endpoint that serves {decision.model} is at its concurrency limit", retry_after_s=1
         )
 
 
-def _path(target: Target, api: Api, op: str, engine: str | None) -> str:
-    if api is Api.ANTHROPIC:
-        return target.anthropic_messages_path
-    if api is Api.ANTHROPIC_COUNT:
-        return target.anthropic_count_tokens_path
+def _path(target: Target, op: str, engine: str | None) -> str:
     if engine is not None and target.engine_paths:
         return f"/engines/{engine}/v1/{op}"
     return f"{target.api_prefix}/{op}"

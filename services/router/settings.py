@@ -46,6 +46,9 @@ class RouterSettings(CommonSettings):
     upstream_keepalive_s: Seconds = Field(default=30.0, gt=0)
     # PIER_UPSTREAM_POOL_SIZE: open connections to all endpoints together (0 = no limit; endpoint limits apply).
     upstream_pool_size: int = Field(default=0, ge=0)
+    # PIER_ANTHROPIC_PING_INTERVAL_S: a translated Anthropic stream sends a `ping` event after this long without
+    # a chunk from the endpoint (a slow first token), so clients' and proxies' read timeouts do not fire.
+    anthropic_ping_interval_s: Seconds = Field(default=10.0, gt=0)
     # PIER_CHECK_TIMEOUT_S: how long `--check` waits for /internal/health.
     check_timeout_s: Seconds = Field(default=3.0, gt=0)
 

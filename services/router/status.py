@@ -41,6 +41,9 @@ MANAGEMENT: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+ANTHROPIC_VERSION = "anthropic-version"  # every Anthropic SDK request carries it
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
@@ -63,13 +66,27 @@ class StatusRoutes:
     # --- DMR / OpenAI / Olla listings --------------------------------------------------------------------------
 
     async def openai_models(self, request: web.Request) -> web.Response:
+        if ANTHROPIC_VERSION in request.headers:  # the Anthropic SDK's `models.list()` on its default base URL
+            return await self.anthropic_models(request)
         return _json(listing.openai_models(self.table))
 
     async def openai_model(self, request: web.Request) -> web.Response:
+        if ANTHROPIC_VERSION in request.headers:
+            return await self.anthropic_model(request)
         wanted = normalise_model(request.match_info["model"])
         listed = listing.openai_models(self.table)
         for entry in listed.get("data", []):
             if normalise_model(str(entry.get("id", ""))) == wanted:
+                return _json(entry)
+        raise ModelNotFound(request.match_info["model"], self.table.model_names)
+
+    async def anthropic_models(self, request: web.Request) -> web.Response:
+        return _json(listing.anthropic_models(self.table))
+
+    async def anthropic_model(self, request: web.Request) -> web.Response:
+        wanted = normalise_model(request.match_info["model"])
+        for entry in listing.anthropic_models(self.table)["data"]:
+            if normalise_model(str(entry["id"])) == wanted:
                 return _json(entry)
         raise ModelNotFound(request.match_info["model"], self.table.model_names)
 

@@ -7,7 +7,7 @@ name `{otlp_url}`; the local OTLP receiver is started only when some enabled set
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,15 +47,17 @@ def available() -> str | None:
     return None
 
 
-def config_text(endpoints: list[tuple[str, str]], check_interval: str = CHECK_INTERVAL) -> str:
-    """A Pier config file listing `(name, url)` DMR endpoints."""
+def config_text(
+    endpoints: list[tuple[str, str]], check_interval: str = CHECK_INTERVAL, types: Mapping[str, str] | None = None
+) -> str:
+    """A Pier config file listing `(name, url)` endpoints: DMR unless `types` names another profile."""
     return yaml.safe_dump(
         {
             "endpoints": [
                 {
                     "name": name,
                     "url": url,
-                    "type": "docker-model-runner",
+                    "type": (types or {}).get(name, "docker-model-runner"),
                     "check_interval": check_interval,
                     "max_concurrent_requests": ENDPOINT_MAX_CONCURRENT,
                 }
@@ -120,11 +122,12 @@ def stack(
     *,
     otlp: bool = False,
     check_interval: str = CHECK_INTERVAL,
+    types: Mapping[str, str] | None = None,
 ) -> Iterator[PierStack]:
     """Start redis-server and the health worker for `endpoints`; stop Redis on exit (procs stops the rest)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "pier.yaml"
-    config_file.write_text(config_text(endpoints, check_interval))
+    config_file.write_text(config_text(endpoints, check_interval, types))
     redis = start_redis(workdir=workdir)
     try:
         pier = PierStack(procs, workdir, cores, redis, config_file)

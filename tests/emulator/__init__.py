@@ -29,6 +29,13 @@ CLI flags (each also settable at run time through `POST /_emulator/config`, key 
                                   come first served, each answering (headers included) only once it has a slot;
                                   a model's `_configure` runtime-flags (`["--parallel", "4"]`, `"--parallel=4"`)
                                   override it; a change applies to runners started afterwards
+  --no-anthropic                  no Anthropic Messages routes (/anthropic/v1/messages, /v1/messages: 404), as on
+                                  an `openai-compatible` server (vLLM, LM Studio) or a DMR without them
+  --tokenize                      llama-server's POST /tokenize {"content": "..."} -> {"tokens": [...]}
+  --reasoning                     chat replies start with `reasoning_content` (streamed first)
+  Chat completions also honour `tools` (a call to the first tool, or the one `tool_choice` names, with
+  arguments from its schema; after a `tool` message the reply quotes the result) and `stop` (the reply is cut
+  before the first stop string, and the choice names it in vLLM's `stop_reason`).
   --host 127.0.0.1, --port N, --admin-port N (admin routes only; keeps answering during `refuse`)
 
 Admin routes (JSON, on the main port and the admin port):

@@ -48,6 +48,7 @@ def _add_dmr_routes(app: web.Application) -> None:
         r.add_get(f"{prefix}/v1/models/{{name:.+}}", management.openai_models)
     r.add_post("/anthropic/v1/messages", anthropic.messages)
     r.add_post("/anthropic/v1/messages/count_tokens", anthropic.count_tokens)
+    r.add_post("/tokenize", anthropic.tokenize)
     r.add_get("/models", management.management_models)
     r.add_post("/models/create", management.create_model)
     r.add_get("/models/{name:.+}", management.management_model)

@@ -52,6 +52,12 @@ class EmulatorConfig:
     # Generation slots per runner (llama.cpp's --parallel; DMR's default 1: one request generates at a time).
     # A model's `_configure` runtime-flags override it; a change applies to runners started afterwards.
     parallel: int = 1
+    # False: no Anthropic Messages routes (404), like llama-server before it had them, vLLM or LM Studio.
+    anthropic: bool = True
+    # llama-server's `POST /tokenize` ({"content": ...} -> {"tokens": [...]}); DMR does not expose it.
+    tokenize: bool = False
+    # Chat replies start with `reasoning_content` (a thinking model behind llama.cpp's reasoning parser).
+    reasoning: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +162,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-limit", type=int, default=d.log_limit, help="request log records kept")
     p.add_argument("--fail-models", default="", help="models whose load fails with 500")
     p.add_argument("--parallel", type=int, default=d.parallel, help="generation slots per runner (default 1)")
+    p.add_argument("--no-anthropic", action="store_true", help="no Anthropic Messages routes (404)")
+    p.add_argument("--tokenize", action="store_true", help="llama-server's POST /tokenize")
+    p.add_argument("--reasoning", action="store_true", help="chat replies carry reasoning_content first")
     return p
 
 
@@ -186,6 +195,9 @@ def from_args(argv: list[str] | None = None) -> EmulatorConfig:
         fail_models=_split(ns.fail_models),
         log_limit=ns.log_limit,
         parallel=ns.parallel,
+        anthropic=not ns.no_anthropic,
+        tokenize=ns.tokenize,
+        reasoning=ns.reasoning,
     )
     try:
         config.validate()

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.emulator import chat as chat_reply
 from tests.emulator import content
 from tests.emulator.catalog import PulledModel
 from tests.emulator.config import VALID_ENGINES
@@ -138,9 +139,21 @@ async def chat_or_completion(request: web.Request) -> web.StreamResponse:
         prompt = inf.body.get("messages") if chat else inf.body.get("prompt")
         prompt_tokens = content.count_tokens(prompt)
         max_tokens = inf.body.get("max_tokens", inf.body.get("max_completion_tokens"))
-        pieces, finish = content.reply_pieces(
-            inf.config_name, inf.requested, inf.emulator.config.chunks, int_or_none(max_tokens)
-        )
+        if chat:
+            reply = chat_reply.plan(
+                inf.body,
+                inf.config_name,
+                inf.requested,
+                inf.emulator.config.chunks,
+                int_or_none(max_tokens),
+                inf.emulator.config.reasoning,
+            )
+        else:
+            pieces, finish = content.reply_pieces(
+                inf.config_name, inf.requested, inf.emulator.config.chunks, int_or_none(max_tokens)
+            )
+            reply = chat_reply.ChatReply(pieces, finish, [])
+        pieces, finish = reply.pieces, reply.finish
         runner.prompt_tokens += prompt_tokens
         runner.predicted_tokens += len(pieces)
         base = {
@@ -152,14 +165,17 @@ async def chat_or_completion(request: web.Request) -> web.StreamResponse:
         if inf.body.get("stream") is True:
             opts = inf.body.get("stream_options")
             include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-            return await _stream(request, inf, base, chat, pieces, finish, prompt_tokens, include_usage)
+            return await _stream(request, inf, base, chat, reply, prompt_tokens, include_usage)
         text = "".join(pieces)
         if chat:
-            choice: dict[str, Any] = {
-                "finish_reason": finish,
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-            }
+            message: dict[str, Any] = {"role": "assistant", "content": text if reply.tool_call is None else None}
+            if reply.reasoning:
+                message["reasoning_content"] = "".join(reply.reasoning)
+            if reply.tool_call is not None:
+                message["tool_calls"] = [_tool_call(reply.tool_call)]
+            choice: dict[str, Any] = {"finish_reason": finish, "index": 0, "message": message}
+            if reply.matched_stop is not None:
+                choice["stop_reason"] = reply.matched_stop
         else:
             choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
         return content.json_response(
@@ -173,16 +189,20 @@ async def chat_or_completion(request: web.Request) -> web.StreamResponse:
         )
 
 
+def _tool_call(call: dict[str, str]) -> dict[str, Any]:
+    return {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+
+
 async def _stream(
     request: web.Request,
     inf: Inference,
     base: dict[str, Any],
     chat: bool,
-    pieces: list[str],
-    finish: str,
+    reply: chat_reply.ChatReply,
     prompt_tokens: int,
     include_usage: bool,
 ) -> web.StreamResponse:
+    pieces, finish = reply.pieces, reply.finish
     obj = "chat.completion.chunk" if chat else "text_completion"
     stream = EventStream(request, inf.emulator.config.chunk_interval_ms / 1000.0)
 
@@ -197,9 +217,22 @@ async def _stream(
         await stream.start()
         if chat:
             await stream.send_json(chunk({"role": "assistant", "content": None}, None))
+        for thought in reply.reasoning:
+            await stream.send_json(chunk({"reasoning_content": thought}, None))
         for piece in pieces:
             await stream.send_json(chunk({"content": piece} if chat else piece, None))
+        if reply.tool_call is not None:
+            # llama.cpp's order: the call's id and name first, then its arguments in fragments.
+            call = reply.tool_call
+            head = _tool_call(call) | {"index": 0}
+            head["function"] = {"name": call["name"], "arguments": ""}
+            await stream.send_json(chunk({"tool_calls": [head]}, None))
+            half = len(call["arguments"]) // 2
+            for part in (call["arguments"][:half], call["arguments"][half:]):
+                await stream.send_json(chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, None))
         last = chunk({} if chat else "", finish) | {"timings": content.timings(prompt_tokens, len(pieces))}
+        if reply.matched_stop is not None:
+            last["choices"][0]["stop_reason"] = reply.matched_stop
         await stream.send_json(last)
         if include_usage:
             usage = content.usage(prompt_tokens, len(pieces))

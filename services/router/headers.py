@@ -1,9 +1,9 @@
 """Which headers cross the proxy, in each direction, and the `X-Pier-*` headers the router adds.
 
-Request: hop-by-hop headers, the client's credentials (`Authorization`, `Cookie`, `Proxy-Authorization`) and
-its `Origin` (DMR answers 403 to a foreign Origin) stay behind; `Host` and `Content-Length` are the upstream
-request's own; the endpoint's configured headers/auth are added. Response: hop-by-hop headers and `Set-Cookie`
-stay behind.
+Request: hop-by-hop headers, the client's credentials (`Authorization`, `X-Api-Key`, `Cookie`,
+`Proxy-Authorization`) and its `Origin` (DMR answers 403 to a foreign Origin) stay behind; `Host` and
+`Content-Length` are the upstream request's own; the endpoint's configured headers/auth are added. Response:
+hop-by-hop headers and `Set-Cookie` stay behind.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "content-length",
     "content-encoding",
     "authorization",
+    "x-api-key",  # the Anthropic SDK's credential header: the client's key is never an endpoint's
     "cookie",
     "origin",
     "expect",

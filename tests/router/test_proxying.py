@@ -43,6 +43,7 @@ def lower(headers: dict[str, str]) -> dict[str, str]:
 async def test_client_credentials_and_origin_stay_behind_endpoint_auth_is_added(stack: Stack) -> None:
     client_headers = {
         "Authorization": "Bearer client-secret",
+        "X-Api-Key": "client-anthropic-key",
         "Cookie": "session=1",
         "Proxy-Authorization": "Basic eDp5",
         "Origin": "http://evil.example",
@@ -65,7 +66,7 @@ async def test_client_credentials_and_origin_stay_behind_endpoint_auth_is_added(
     assert sent["x-custom"] == "kept"
     assert sent["x-request-id"] == "trace-abc-1"
     assert sent["host"] == stack.emu("e1").url.removeprefix("http://")
-    for gone in ("cookie", "origin", "proxy-authorization"):
+    for gone in ("cookie", "origin", "proxy-authorization", "x-api-key"):
         assert gone not in sent
 
 

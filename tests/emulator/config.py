@@ -39,6 +39,8 @@ class EmulatorConfig:
     chunks: int = 5
     chunk_interval_ms: float = 10.0
     first_byte_delay_ms: float = 0.0
+    # Prefill cost of each prompt token not already in the slot's prompt cache (0: prefill is free).
+    prefill_ms_per_token: float = 0.0
     pull_time_ms: float = 50.0
     pull_error: str | None = None
     engines: list[str] = field(default_factory=lambda: ["llama.cpp"])
@@ -90,7 +92,8 @@ class EmulatorConfig:
             raise ConfigError("chunks: must be >= 1")
         if self.log_limit < 0:
             raise ConfigError("log_limit: must be >= 0")
-        for key in ("load_time_ms", "chunk_interval_ms", "first_byte_delay_ms", "pull_time_ms"):
+        delays = ("load_time_ms", "chunk_interval_ms", "first_byte_delay_ms", "prefill_ms_per_token", "pull_time_ms")
+        for key in delays:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0")
 
@@ -155,6 +158,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=d.chunks)
     p.add_argument("--chunk-interval-ms", type=float, default=d.chunk_interval_ms)
     p.add_argument("--first-byte-delay-ms", type=float, default=d.first_byte_delay_ms)
+    p.add_argument(
+        "--prefill-ms-per-token", type=float, default=d.prefill_ms_per_token,
+        help="prefill time per prompt token not in the slot's prompt cache",
+    )  # fmt: skip
     p.add_argument("--pull-time-ms", type=float, default=d.pull_time_ms)
     p.add_argument("--engines", default=",".join(d.engines))
     p.add_argument("--allowed-origins", default="", help="extra CORS origins ('*' allows any)")
@@ -188,6 +195,7 @@ def from_args(argv: list[str] | None = None) -> EmulatorConfig:
         chunks=ns.chunks,
         chunk_interval_ms=ns.chunk_interval_ms,
         first_byte_delay_ms=ns.first_byte_delay_ms,
+        prefill_ms_per_token=ns.prefill_ms_per_token,
         pull_time_ms=ns.pull_time_ms,
         engines=_split(ns.engines),
         allowed_origins=_split(ns.allowed_origins),

@@ -56,9 +56,11 @@ def embedding(text: str, dims: int = 16) -> list[float]:
     return [round(x / norm, 6) for x in raw]
 
 
-def timings(prompt_n: int, predicted_n: int) -> dict[str, float | int]:
-    """llama.cpp's `timings` object, carried by the finish_reason chunk."""
+def timings(prompt_n: int, predicted_n: int, cache_n: int = 0) -> dict[str, float | int]:
+    """llama.cpp's `timings` object, carried by the finish_reason chunk (`cache_n`: prompt tokens reused from
+    the slot's cache, `prompt_n`: the ones processed)."""
     return {
+        "cache_n": cache_n,
         "prompt_n": prompt_n,
         "prompt_ms": round(prompt_n * 0.5, 3),
         "prompt_per_token_ms": 0.5,

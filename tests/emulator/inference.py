@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.emulator import chat as chat_reply
-from tests.emulator import content
+from tests.emulator import content, promptcache
 from tests.emulator.catalog import PulledModel
 from tests.emulator.config import VALID_ENGINES
 from tests.emulator.errors import DmrError, StillLoading, model_not_found
@@ -156,37 +156,63 @@ async def chat_or_completion(request: web.Request) -> web.StreamResponse:
         pieces, finish = reply.pieces, reply.finish
         runner.prompt_tokens += prompt_tokens
         runner.predicted_tokens += len(pieces)
-        base = {
-            "id": content.new_id("chatcmpl-" if chat else "cmpl-"),
-            "created": int(time.time()),
-            "model": inf.requested,
-            "system_fingerprint": FINGERPRINT,
+        # The slot's prompt cache: only the tokens past the cached prefix are processed (prefill time).
+        tokens = promptcache.prompt_tokens(prompt)
+        slot, cached = runner.prompt_cache.take(tokens)
+        try:
+            return await _answer(request, inf, chat, reply, prompt_tokens, len(tokens) - cached, cached)
+        finally:
+            runner.prompt_cache.put(slot, tokens + promptcache.reply_tokens("".join(pieces)))
+
+
+async def _answer(
+    request: web.Request,
+    inf: Inference,
+    chat: bool,
+    reply: chat_reply.ChatReply,
+    prompt_tokens: int,
+    uncached: int,
+    cached: int,
+) -> web.StreamResponse:
+    """Prefill what the cache lacked, then answer (streamed or whole)."""
+    prefill_s = uncached * inf.emulator.config.prefill_ms_per_token / 1000.0
+    if prefill_s > 0:
+        await asyncio.sleep(prefill_s)
+    record = request.get(RECORD)
+    if record is not None:
+        record.cached_tokens = cached
+    pieces, finish = reply.pieces, reply.finish
+    base = {
+        "id": content.new_id("chatcmpl-" if chat else "cmpl-"),
+        "created": int(time.time()),
+        "model": inf.requested,
+        "system_fingerprint": FINGERPRINT,
+    }
+    if inf.body.get("stream") is True:
+        opts = inf.body.get("stream_options")
+        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        return await _stream(request, inf, base, chat, reply, prompt_tokens, include_usage, (uncached, cached))
+    text = "".join(pieces)
+    if chat:
+        message: dict[str, Any] = {"role": "assistant", "content": text if reply.tool_call is None else None}
+        if reply.reasoning:
+            message["reasoning_content"] = "".join(reply.reasoning)
+        if reply.tool_call is not None:
+            message["tool_calls"] = [_tool_call(reply.tool_call)]
+        choice: dict[str, Any] = {"finish_reason": finish, "index": 0, "message": message}
+        if reply.matched_stop is not None:
+            choice["stop_reason"] = reply.matched_stop
+    else:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+    return content.json_response(
+        {
+            "choices": [choice],
+            **base,
+            "object": "chat.completion" if chat else "text_completion",
+            "usage": content.usage(prompt_tokens, len(pieces)),
+            "timings": content.timings(uncached, len(pieces), cached),
         }
-        if inf.body.get("stream") is True:
-            opts = inf.body.get("stream_options")
-            include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-            return await _stream(request, inf, base, chat, reply, prompt_tokens, include_usage)
-        text = "".join(pieces)
-        if chat:
-            message: dict[str, Any] = {"role": "assistant", "content": text if reply.tool_call is None else None}
-            if reply.reasoning:
-                message["reasoning_content"] = "".join(reply.reasoning)
-            if reply.tool_call is not None:
-                message["tool_calls"] = [_tool_call(reply.tool_call)]
-            choice: dict[str, Any] = {"finish_reason": finish, "index": 0, "message": message}
-            if reply.matched_stop is not None:
-                choice["stop_reason"] = reply.matched_stop
-        else:
-            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
-        return content.json_response(
-            {
-                "choices": [choice],
-                **base,
-                "object": "chat.completion" if chat else "text_completion",
-                "usage": content.usage(prompt_tokens, len(pieces)),
-                "timings": content.timings(prompt_tokens, len(pieces)),
-            }
-        )
+    )
 
 
 def _tool_call(call: dict[str, str]) -> dict[str, Any]:
@@ -201,6 +227,7 @@ async def _stream(
     reply: chat_reply.ChatReply,
     prompt_tokens: int,
     include_usage: bool,
+    prefill: tuple[int, int],  # (tokens processed, tokens reused from the slot's cache)
 ) -> web.StreamResponse:
     pieces, finish = reply.pieces, reply.finish
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -230,7 +257,8 @@ async def _stream(
             half = len(call["arguments"]) // 2
             for part in (call["arguments"][:half], call["arguments"][half:]):
                 await stream.send_json(chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, None))
-        last = chunk({} if chat else "", finish) | {"timings": content.timings(prompt_tokens, len(pieces))}
+        timings = content.timings(prefill[0], len(pieces), prefill[1])
+        last = chunk({} if chat else "", finish) | {"timings": timings}
         if reply.matched_stop is not None:
             last["choices"][0]["stop_reason"] = reply.matched_stop
         await stream.send_json(last)

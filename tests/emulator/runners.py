@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tests.emulator.promptcache import PromptCache
 from tests.emulator.slots import Slots
 
 Key = tuple[str, str, str]  # backend, model tag, mode
@@ -57,6 +58,7 @@ class Runner:
     model_name: str  # the name the first request used, as DMR shows it
     keep_alive_s: float | None  # set by _configure; None = the global default
     slots: Slots  # generation slots, fixed when the runner starts (llama.cpp's --parallel)
+    prompt_cache: PromptCache  # one cached prompt per slot (llama.cpp's cache_prompt)
     loading: bool = True
     refs: int = 0
     last_used: float = field(default_factory=time.time)
@@ -224,7 +226,7 @@ class Runners:
         if existing is not None:
             return existing
         slots = Slots(self.parallel_by_key.get(key, self._parallel()))
-        runner = Runner(key, model_name, self.keep_alive_by_tag.get(key[1]), slots)
+        runner = Runner(key, model_name, self.keep_alive_by_tag.get(key[1]), slots, PromptCache(slots.limit))
         runner.ready = asyncio.get_running_loop().create_future()
         runner.load_task = asyncio.create_task(self._load(runner), name=f"load {key}")
         self.runners[key] = runner

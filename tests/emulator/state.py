@@ -51,6 +51,7 @@ class RequestRecord:
     disconnected: bool = False
     disconnected_during_load: bool = False
     fault: str | None = None
+    cached_tokens: int | None = None  # prompt tokens a chat reused from its slot's prompt cache
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

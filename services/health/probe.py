@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 from services.health.backoff import parse_retry_after_s
 from services.health.classify import Aux, aux_kind_for_status, classify, describe_transport_error
 from services.health.fetch import FETCH_ERRORS, Answer, Fetcher
-from services.health.inventory import (
+from shared.config import Endpoint
+from shared.inventory import (
     InventoryError,
     parse_engines,
     parse_loaded,
@@ -24,7 +25,6 @@ from services.health.inventory import (
     parse_pulled,
     parse_version,
 )
-from shared.config import Endpoint
 from shared.state import EndpointState, EndpointStatus, LoadedModel, PulledModel
 
 T = TypeVar("T")

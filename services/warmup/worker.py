@@ -182,7 +182,7 @@ class WarmupWorker:
                     next_resync = time.monotonic() + self.settings.warmup_interval_s
                 self._start_due(time.time())
                 self._kick.clear()
-                wait_s = min(next_resync - time.monotonic(), *(w - time.time() for w in self._wake.values()))
+                wait_s = min([next_resync - time.monotonic(), *(w - time.time() for w in self._wake.values())])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), timeout=max(0.05, wait_s))
         finally:

@@ -26,6 +26,7 @@ from services.warmup.wanted import Wanted
 from shared.state import EndpointState, LoadedModel, WarmPhase, WarmPolicy
 
 RECHECK_S = 1.0  # a busy runner, a load by someone else: look again this soon
+BUSY_RECHECK_S = 2.0  # wanted models wait for busy runners of other models: look again this often
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
@@ -146,6 +147,9 @@ def plan_endpoint(
         if stuck:
             detail += f", {stuck} busy runner(s) of other models"
         reports[w.model] = Report(WarmPhase.WARM if warm else WarmPhase.COLD, w.policy, fits=False, detail=detail)
+    if unfit and stuck:
+        # A runner that stops serving is no event (only the loaded set is): look again for the room it leaves.
+        wakes.append(now + BUSY_RECHECK_S)
     for w in fitting:
         mem = memory.get(w.model, Memory())
         report, step, wake = _one(w, mem, loaded.get(w.model), runners is not None, w.model in present, knobs, now)

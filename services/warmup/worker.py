@@ -123,6 +123,9 @@ class WarmupWorker:
     async def _hold(self, lease: Lease, period_s: float) -> None:
         log.info("acquired the warm-up lease: leading")
         self.leading, self._halted = True, False
+        # Another worker may have led meanwhile: announce every phase afresh, plan everything from scratch.
+        self._published.clear()
+        self._wake.clear()
         lead = asyncio.create_task(self._lead(), name="warmup-lead")
         last_held = time.monotonic()
         try:
@@ -182,7 +185,9 @@ class WarmupWorker:
                     next_resync = time.monotonic() + self.settings.warmup_interval_s
                 self._start_due(time.time())
                 self._kick.clear()
-                wait_s = min([next_resync - time.monotonic(), *(w - time.time() for w in self._wake.values())])
+                # An endpoint whose task is still running is planned again when it ends (its end kicks).
+                wakes = [w - time.time() for n, w in self._wake.items() if not self._busy(n)]
+                wait_s = min([next_resync - time.monotonic(), *wakes])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), timeout=max(0.05, wait_s))
         finally:
@@ -236,11 +241,14 @@ class WarmupWorker:
         self._wake.pop(name, None)
         self._dirty.discard(name)
 
+    def _busy(self, name: str) -> bool:
+        task = self._tasks.get(name)
+        return task is not None and not task.done()
+
     def _start_due(self, now: float) -> None:
         due = {name for name, at in self._wake.items() if at <= now} | self._dirty
         for name in due:
-            task = self._tasks.get(name)
-            if task is not None and not task.done():
+            if self._busy(name):
                 continue  # it plans again after its current step; keep the mark for when it ends
             self._dirty.discard(name)
             self._wake.pop(name, None)

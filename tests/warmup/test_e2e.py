@@ -265,3 +265,48 @@ async def test_a_failed_load_backs_off_and_shows_in_the_status_route(
     assert "unable to load runner" in shown["last_error"] or "500" in shown["last_error"]
     assert shown["next_retry_at"] > time.time() - 1
     assert shown["failures"] >= 1
+
+
+async def test_the_runner_limit_holds_and_a_busy_model_is_never_evicted(
+    procs: ProcessFactory, redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    # DMR here would hold 3 runners; Pier is told the endpoint holds 2. A user streams from phi3 meanwhile.
+    models = "ai/smollm2,ai/gemma3,ai/qwen3,ai/phi3"
+    e1 = start_emu(
+        procs, "e1", "--models", models, "--max-runners", "3", "--chunks", "50", "--chunk-interval-ms", "100"
+    )
+    wanted = {"models": ["smollm2", "gemma3", "qwen3"], "runner_limits": {"e1": 2}}
+    config = write_config(tmp_path / "pier.yaml", [entry(e1)], wanted)
+    start_health(procs, redis_url, tmp_path, config)
+    router = start_router(procs, redis_url, config)
+    await wait_routable(router.url, ["e1"], model="ai/phi3:latest")
+    sdk = client(router)
+    user = await sdk.chat.completions.with_raw_response.create(model="phi3", messages=MESSAGES, stream=True)
+    stream = user.parse()
+    first = await stream.__anext__()  # phi3 is loaded and generating: busy
+    assert first is not None
+    start_warmup(procs, redis_url, tmp_path, config)
+
+    def status_of(model: str) -> dict[str, Any]:
+        warm: dict[str, Any] = get_json(f"{router.url}/internal/status/models").get(model, {}).get("warm", {})
+        entry: dict[str, Any] = warm.get("e1", {})
+        return entry
+
+    # Beside the busy phi3 only one wanted model fits: the first of the list. The others say why not.
+    await wait_for(lambda: status_of(SMOL).get("phase") == "warm", timeout_s=60, what="smollm2 warm")
+    await wait_for(lambda: status_of("ai/qwen3:latest").get("fits") is False, timeout_s=30, what="qwen3 unfit")
+    assert status_of(GEMMA)["fits"] is False
+    assert "runner limit 2" in status_of(GEMMA)["detail"]
+    chunks = 1 + len([c async for c in stream])
+    assert chunks >= 50  # the user's stream ran to its end: phi3 was never unloaded under it
+
+    # phi3 is idle now and nobody wanted it: warm-up unloads it and gemma3 takes its place; qwen3 still waits.
+    # No event says a runner went idle: warm-up looks again every few seconds, well before its 60 s resync.
+    await wait_for(lambda: status_of(GEMMA).get("phase") == "warm", timeout_s=20, what="gemma3 warm")
+    await sdk.close()
+    names = sorted(r["model_name"] for r in ps_of(e1))
+    assert names == [GEMMA, SMOL]
+    assert status_of("ai/qwen3:latest")["fits"] is False
+    counters = (await emulator_state(e1.url))["counters"]
+    assert counters["peak_runners"] == 2  # never more than the limit, though DMR would have taken 3
+    assert (counters["evictions"], counters["unloads"]) == (0, 1)  # phi3, unloaded once idle

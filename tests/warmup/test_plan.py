@@ -114,6 +114,7 @@ def test_the_runner_limit_decides_what_fits() -> None:
     assert plan.step.model == A
     assert plan.reports[B].fits is False
     assert "runner limit 2" in str(plan.reports[B].detail)
+    assert plan.wake_at is not None  # the busy runner's end is no event: look again soon
 
 
 def test_a_full_endpoint_unloads_an_idle_unwanted_runner_never_a_busy_one() -> None:

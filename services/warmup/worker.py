@@ -228,6 +228,8 @@ class WarmupWorker:
     def _apply_state(self, state: EndpointState) -> None:
         old = self.states.get(state.name)
         was_routable = old is not None and old.status.routable
+        if old is not None and old.version != state.version:
+            self._methods.pop(state.name, None)  # an upgraded DMR may support a cheaper preload
         if state.status.routable and not was_routable:
             # A new routable period: `preload` models load again; a restarted DMR may have another version.
             for (endpoint, _), mem in self._memory.items():

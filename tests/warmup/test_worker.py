@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -13,8 +14,8 @@ from services.warmup.plan import StepKind
 from services.warmup.settings import WarmupSettings
 from services.warmup.wanted import Wanted, WarmupConfig
 from services.warmup.worker import WarmupWorker
-from shared import statestore
-from shared.state import EventKind, WarmPhase, WarmPolicy
+from shared import keys, statestore
+from shared.state import EventKind, WarmPhase, WarmPolicy, WarmState
 from tests.harness import ProcessFactory, wait_for
 from tests.warmup.support import dmr_state, emulator_state, ps, requests_to
 
@@ -245,3 +246,12 @@ async def test_openai_compatible_servers_get_a_one_token_completion(
     assert "x-preload-only" not in {k.lower() for k in call["headers"]}
     (warm,) = await statestore.read_warm_states(redis)
     assert (warm.phase, warm.method) == (WarmPhase.WARM, "completion")
+
+
+async def test_warm_states_of_another_version_are_skipped(redis: Redis) -> None:
+    good = WarmState(endpoint="e", model=SMOL, phase=WarmPhase.WARM)
+    await statestore.write_warm_state(redis, good)
+    old = {"endpoint": "e", "model": GEMMA, "phase": "warming"}  # a phase this version no longer has
+    await redis.set(keys.warm_state("e", GEMMA), json.dumps(old))
+    await redis.zadd(keys.WARM_INDEX, {keys.warm_member("e", GEMMA): time.time()})
+    assert [w.model for w in await statestore.read_warm_states(redis)] == [SMOL]

@@ -232,9 +232,11 @@ class WarmupWorker:
             self._methods.pop(state.name, None)  # an upgraded DMR may support a cheaper preload
         if state.status.routable and not was_routable:
             # A new routable period: `preload` models load again; a restarted DMR may have another version.
+            # A failure of the last period says nothing about this one: no backoff carried over.
             for (endpoint, _), mem in self._memory.items():
                 if endpoint == state.name:
                     mem.preloaded = False
+                    mem.failures, mem.next_retry_at = 0, 0.0
             self._methods.pop(state.name, None)
         self.states[state.name] = state
 

@@ -10,12 +10,12 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from services.warmup.plan import StepKind
+from services.warmup.plan import Memory, StepKind
 from services.warmup.settings import WarmupSettings
 from services.warmup.wanted import Wanted, WarmupConfig
 from services.warmup.worker import WarmupWorker
 from shared import keys, statestore
-from shared.state import EventKind, WarmPhase, WarmPolicy, WarmState
+from shared.state import EndpointStatus, Event, EventKind, WarmPhase, WarmPolicy, WarmState
 from tests.harness import ProcessFactory, wait_for
 from tests.warmup.support import dmr_state, emulator_state, ps, requests_to
 
@@ -255,3 +255,19 @@ async def test_warm_states_of_another_version_are_skipped(redis: Redis) -> None:
     await redis.set(keys.warm_state("e", GEMMA), json.dumps(old))
     await redis.zadd(keys.WARM_INDEX, {keys.warm_member("e", GEMMA): time.time()})
     assert [w.model for w in await statestore.read_warm_states(redis)] == [SMOL]
+
+
+async def test_a_new_routable_period_starts_afresh(redis_url: str) -> None:
+    worker = worker_for(redis_url, Wanted(SMOL, WarmPolicy.PRELOAD))
+    try:
+        up = dmr_state("e", "http://127.0.0.1:9", SMOL)
+        worker.on_event(Event(kind=EventKind.ENDPOINT_ADDED, endpoint="e", state=up))
+        mem = worker._memory[("e", SMOL)] = Memory(failures=3, next_retry_at=time.time() + 100, preloaded=True)
+        down = up.model_copy(update={"status": EndpointStatus.OFFLINE})
+        worker.on_event(Event(kind=EventKind.STATUS_CHANGED, endpoint="e", state=down))
+        assert (mem.failures, mem.preloaded) == (3, True)
+        worker.on_event(Event(kind=EventKind.STATUS_CHANGED, endpoint="e", state=up))
+        # `preload` loads again, and the last period's backoff is gone.
+        assert (mem.failures, mem.next_retry_at, mem.preloaded) == (0, 0.0, False)
+    finally:
+        await worker.close()

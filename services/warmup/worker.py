@@ -144,12 +144,29 @@ class WarmupWorker:
                         break
         finally:
             self.leading, self._halted = False, True
+            ended_itself = lead.done()
             lead.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lead
-            await self._drain()
-            if lead.done() and not lead.cancelled() and lead.exception() is not None:
-                log.error("warm-up leader failed", exc_info=lead.exception())
+            # Still the leader while preloads finish: a standby must not start the same loads meanwhile.
+            renewing = asyncio.create_task(self._keep_renewing(lease, period_s), name="warmup-lease-drain")
+            try:
+                await self._drain()
+            finally:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
+            if ended_itself:
+                if not lead.cancelled() and lead.exception() is not None:
+                    log.error("warm-up leader failed", exc_info=lead.exception())
+                await self._sleep(period_s)  # not straight back to a leader that just ended
+
+    async def _keep_renewing(self, lease: Lease, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            with contextlib.suppress(RedisError, OSError):
+                if not await lease.renew():
+                    return
 
     async def _drain(self) -> None:
         """Let preloads in flight finish (DMR would abort them), up to the drain time; then cancel the rest."""
@@ -173,6 +190,12 @@ class WarmupWorker:
             stop.cancel()
 
     async def _lead(self) -> None:
+        try:
+            await self._lead_loop()
+        except (RedisError, OSError) as exc:
+            log.warning("redis unavailable while leading, retrying: %s", exc)
+
+    async def _lead_loop(self) -> None:
         position = await self._resync()
         follower = asyncio.create_task(self._follow(position), name="warmup-events")
         next_resync = time.monotonic() + self.settings.warmup_interval_s

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import keys, statestore
-from shared.state import WarmPhase
-from tests.harness import ROOT, Proc, ProcessFactory, wait_for, wait_for_sync
+from shared.state import EndpointState, WarmPhase
+from tests.harness import ROOT, Proc, ProcessFactory, RedisServer, wait_for, wait_for_sync
 from tests.warmup.support import dmr_state, emulator_state, requests_to
 
 SMOL, GEMMA = "ai/smollm2:latest", "ai/gemma3:latest"
@@ -154,3 +155,34 @@ def test_sigterm_exits_promptly_when_idle(procs: ProcessFactory, redis_url: str,
     started = time.monotonic()
     assert worker.stop(timeout_s=10) == 0
     assert time.monotonic() - started < 5
+
+
+async def test_a_redis_restart_is_survived(procs: ProcessFactory, own_redis: RedisServer, tmp_path: Path) -> None:
+    emu = procs.emulator("--models", "ai/smollm2,ai/gemma3", "--load-time-ms", "100")
+    redis = statestore.connect(own_redis.url)
+    try:
+        await statestore.write_endpoint_state(redis, dmr_state("dmr", emu.url, SMOL))
+        worker = start_warmup(procs, warmup_env(own_redis.url, tmp_path, "w", PIER_WARMUP_MODELS="smollm2,gemma3"))
+        await wait_for(lambda: _phase_is(redis, SMOL, WarmPhase.WARM), timeout_s=30, what="smollm2 warm")
+        own_redis.restart()  # a new, empty Redis on the same port
+        # The health worker would write the state again; this time it also lists gemma3.
+        await wait_for(
+            lambda: _write_state(redis, dmr_state("dmr", emu.url, SMOL, GEMMA)), timeout_s=20, what="redis back"
+        )
+        await wait_for(lambda: _holder_is(redis, "w"), timeout_s=20, what="the lease taken again")
+        await wait_for(lambda: _phase_is(redis, GEMMA, WarmPhase.WARM), timeout_s=90, what="gemma3 warm")
+        assert worker.alive()
+    finally:
+        await redis.aclose()
+
+
+async def _phase_is(redis: Redis, model: str, phase: WarmPhase) -> bool:
+    return (await phases(redis)).get(("dmr", model)) is phase
+
+
+async def _write_state(redis: Redis, state: EndpointState) -> bool:
+    try:
+        await statestore.write_endpoint_state(redis, state)
+    except (RedisError, OSError):
+        return False
+    return True

@@ -194,7 +194,7 @@ def _aliases(value: object) -> dict[str, tuple[str, ...]]:
 
 # The top-level keys Pier reads, and the other sections of an Olla file (accepted, not used: Pier's settings
 # for them are environment variables).
-PIER_KEYS = ("endpoints", "load_balancer", "routing_strategy", "model_aliases")
+PIER_KEYS = ("endpoints", "load_balancer", "routing_strategy", "model_aliases", "warmup")
 OLLA_KEYS = ("server", "proxy", "discovery", "model_registry", "logging", "engineering", "translators")
 
 

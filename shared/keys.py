@@ -20,6 +20,9 @@ SIGNALS = f"{PREFIX}signals"
 # String: the instance id of the health worker that holds the probing lease (PX-expiring).
 HEALTH_LEASE = f"{PREFIX}lease:health"
 
+# String: the instance id of the warm-up worker that holds the preloading lease (PX-expiring).
+WARMUP_LEASE = f"{PREFIX}lease:warmup"
+
 # Sorted set: "endpoint\x1fmodel" -> unix time of its last warm-state write.
 WARM_INDEX = f"{PREFIX}warm"
 

@@ -42,6 +42,9 @@ class CommonSettings(BaseSettings):
     instance_id: str = Field(default_factory=_default_instance_id)
     # `--check` fails once this service has not beaten its heartbeat for this long (workers beat every second).
     heartbeat_ttl_s: Seconds = Field(default=5.0, ge=2.0)
+    # PIER_LEASE_TTL_S: a leader lease (health, warm-up) lives this long without renewal; a standby takes over
+    # within 2x this.
+    lease_ttl_s: Seconds = Field(default=5.0, ge=1.0)
 
     @classmethod
     def load(cls, **overrides: Any) -> Self:

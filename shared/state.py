@@ -94,20 +94,35 @@ class EndpointState(BaseModel):
 
 
 class WarmPhase(StrEnum):
-    COLD = "cold"
-    WARMING = "warming"
+    COLD = "cold"  # wanted, not loaded (also: does not fit the runner limit, see `detail`)
+    PULLING = "pulling"  # the warm-up worker is pulling it (`/models/create`)
+    LOADING = "loading"  # a preload is in flight
     WARM = "warm"
-    FAILED = "failed"
+    FAILED = "failed"  # the last pull or load failed: `last_error`, retried at `next_retry_at`
+
+
+class WarmPolicy(StrEnum):
+    PIN = "pin"  # never evicted: `_configure` with keep_alive -1, re-applied after a DMR restart
+    KEEP = "keep"  # refreshed before DMR's keep_alive would evict it
+    PRELOAD = "preload"  # loaded once when the endpoint becomes routable, then left to DMR
 
 
 class WarmState(BaseModel):
+    """What the warm-up worker knows of one (endpoint, model) it was asked to keep warm."""
+
     model_config = ConfigDict(frozen=True)
     endpoint: str
     model: str
     phase: WarmPhase
+    policy: WarmPolicy = WarmPolicy.KEEP
     updated_at: float = Field(default_factory=time.time)
     last_error: str | None = None
-    load_time_s: float | None = None
+    next_retry_at: float | None = None  # FAILED: when the next attempt is due (backoff)
+    failures: int = 0  # consecutive failed attempts
+    load_time_s: float | None = None  # the last measured load (cold to ready), seconds
+    fits: bool = True  # False: the runner limit leaves no room for it (the list order decides)
+    detail: str | None = None  # why it is in this phase, in words (e.g. "does not fit: runner limit 2")
+    method: str | None = None  # how it was loaded: preload-only, configure, completion
     ttl_s: float = 60.0
     writer: str = ""
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -155,7 +156,15 @@ async def read_warm_states(redis: RedisClient) -> list[WarmState]:
         return []
     names = [tuple(m.split("\x1f", 1)) for m in members]
     values = await redis.mget([keys.warm_state(e, m) for e, m in names])
-    return [WarmState.model_validate_json(v) for v in values if v is not None]
+    out: list[WarmState] = []
+    for value in values:
+        if value is None:
+            continue
+        try:
+            out.append(WarmState.model_validate_json(value))
+        except ValidationError:
+            continue  # written by another Pier version (e.g. an old phase name): not ours to show
+    return out
 
 
 async def beat(redis: RedisClient, service: str, instance_id: str, *, ttl_s: float) -> None:

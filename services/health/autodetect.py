@@ -11,10 +11,10 @@ import socket
 import struct
 
 from services.health.fetch import FETCH_ERRORS, Fetcher
-from services.health.inventory import InventoryError, parse_model_list
 from shared import jsontext
 from shared.config import Endpoint, resolve_endpoint
 from shared.endpoints import EndpointConfig
+from shared.inventory import InventoryError, parse_model_list
 from shared.profiles import ProfileSet
 
 DMR_MODELS_PATH = "/engines/v1/models"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.health.inventory import loaded_signature
+from shared.inventory import loaded_signature
 from shared.state import EndpointState, EventKind
 
 _DEFINITION_FIELDS = ("url", "type", "priority", "source")

@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 from services.health.backoff import parse_retry_after_s
 from services.health.classify import Aux, aux_kind_for_status, classify, describe_transport_error
 from services.health.fetch import FETCH_ERRORS, Answer, Fetcher
-from services.health.inventory import (
+from shared import jsontext
+from shared.config import Endpoint
+from shared.inventory import (
     InventoryError,
     parse_engines,
     parse_loaded,
@@ -23,8 +25,6 @@ from services.health.inventory import (
     parse_pulled,
     parse_version,
 )
-from shared import jsontext
-from shared.config import Endpoint
 from shared.jsontext import JSONTooDeep
 from shared.state import EndpointState, EndpointStatus, LoadedModel, PulledModel
 

@@ -22,8 +22,6 @@ class HealthSettings(CommonSettings):
 
     # PIER_BUSY_THRESHOLD_S: a probe that answers slower than this marks the endpoint `busy` (seconds).
     busy_threshold_s: Seconds = Field(default=10.0, gt=0)
-    # PIER_LEASE_TTL_S: the leader lease lives this long without renewal; a standby takes over within 2x this.
-    lease_ttl_s: Seconds = Field(default=5.0, ge=1.0)
     # PIER_HEALTH_ID_FILE: where the running worker records its instance id, so that `--check` (a separate
     # process in the same container) knows whose heartbeat to look at.
     health_id_file: Path = DEFAULT_ID_FILE

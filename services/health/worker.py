@@ -17,7 +17,6 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from services.health.fetch import Fetcher
-from services.health.lease import Lease
 from services.health.probe import Prober, plan_for
 from services.health.publisher import Publisher
 from services.health.scheduler import Scheduler
@@ -27,6 +26,7 @@ from services.health.sources import EndpointSources
 from services.health.tracker import next_state
 from shared import keys, statestore
 from shared.config import Endpoint, PierConfig
+from shared.lease import Lease
 from shared.liveness import record_instance_id
 from shared.state import EndpointState, Event, EventKind
 from shared.statestore import RedisClient

@@ -37,6 +37,7 @@ from services.router.anthropic_response import (
 from services.router.circuit import Circuits
 from services.router.headers import downstream_headers
 from services.router.table import Target
+from shared import jsontext
 from shared.h1client import BadResponse, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Leg:
     def whole(self, body: bytes) -> bytes:
         """A whole (non-streamed) success answer, translated; `BadUpstream` when it cannot be."""
         try:
-            data: Any = json.loads(body)
+            data: Any = jsontext.loads(body)
         except ValueError as exc:
             raise BadUpstream(f"the answer is not JSON: {exc}") from None
         if self.mode is Mode.TOKENIZE:
@@ -103,7 +104,7 @@ def route_missing(leg: Leg, content_type: str, body: bytes) -> bool:
     text = body.decode("utf-8", errors="replace").strip()
     if "json" in content_type.lower():
         with contextlib.suppress(ValueError, AttributeError, TypeError):
-            text = str(json.loads(text)["error"]["message"])
+            text = str(jsontext.loads(text)["error"]["message"])
     return text.strip().lower() in _MISSING_TEXTS
 
 

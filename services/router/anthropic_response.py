@@ -23,6 +23,7 @@ import secrets
 from typing import Any
 
 from services.router.anthropic_request import Expect
+from shared import jsontext
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use"}
 _ERROR_TYPES = {
@@ -54,7 +55,7 @@ def error_body(status: int, body: bytes) -> bytes:
     """An endpoint's error answer (OpenAI JSON, llama.cpp JSON, or text) in Anthropic's shape."""
     message = ""
     try:
-        data = json.loads(body)
+        data = jsontext.loads(body)
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -107,7 +108,7 @@ def _input(arguments: Any) -> dict[str, Any]:
     if not isinstance(arguments, str) or not arguments.strip():
         return {}
     try:
-        value = json.loads(arguments)
+        value = jsontext.loads(arguments)
     except ValueError:
         return {"_raw_arguments": arguments}
     return value if isinstance(value, dict) else {"_value": value}
@@ -247,7 +248,7 @@ class StreamTranslator:
         if payload == b"[DONE]":
             return self._end() if self._started else []
         try:
-            chunk = json.loads(payload)
+            chunk = jsontext.loads(payload)
         except ValueError:
             return [self._fail("the endpoint sent a stream event that is not JSON")]
         if not isinstance(chunk, dict):

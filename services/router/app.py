@@ -169,7 +169,11 @@ def build_app(settings: RouterSettings, config: PierConfig) -> web.Application:
 
     async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         cache = StateCache(
-            config, settings.redis_url, resync_interval_s=settings.resync_interval_s, instance_id=settings.instance_id
+            config,
+            settings.redis_url,
+            resync_interval_s=settings.resync_interval_s,
+            instance_id=settings.instance_id,
+            warm_across_tiers_s=settings.warm_across_tiers_s,
         )
         app[STATE] = cache
         with contextlib.suppress(RedisError, OSError, TimeoutError):

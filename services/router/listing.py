@@ -198,11 +198,13 @@ def merged_ps(table: RoutingTable) -> list[dict[str, Any]]:
     return rows
 
 
-def models_status(table: RoutingTable) -> dict[str, dict[str, list[str]]]:
-    """`/internal/status/models`: for each model, where it is listed, pulled, loaded, loading, routable, stale."""
-    out: dict[str, dict[str, list[str]]] = {}
+def models_status(table: RoutingTable) -> dict[str, dict[str, Any]]:
+    """`/internal/status/models`: for each model, where it is listed, pulled, loaded, loading, routable, stale,
+    and its warm-up state per endpoint (`warm`: phase, policy, whether it fits the runner limit, the last
+    error and the next retry, the measured load time)."""
+    out: dict[str, dict[str, Any]] = {}
 
-    def row(model: str) -> dict[str, list[str]]:
+    def row(model: str) -> dict[str, Any]:
         return out.setdefault(
             model,
             {
@@ -212,6 +214,7 @@ def models_status(table: RoutingTable) -> dict[str, dict[str, list[str]]]:
                 "loading_on": [],
                 "routable_on": [],
                 "stale_on": [],
+                "warm": {},
             },
         )
 
@@ -235,4 +238,12 @@ def models_status(table: RoutingTable) -> dict[str, dict[str, list[str]]]:
                 row(model)["routable_on"].append(target.name)
             elif not target.known:
                 row(model)["stale_on"].append(target.name)
+    for (endpoint, model), warm in sorted(table.warm.items()):
+        row(model)["warm"][endpoint] = warm.model_dump(
+            mode="json",
+            include={
+                "phase", "policy", "fits", "detail", "last_error", "next_retry_at", "failures", "load_time_s",
+                "method", "updated_at",
+            },
+        )  # fmt: skip
     return {model: out[model] for model in sorted(out)}

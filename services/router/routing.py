@@ -1,8 +1,11 @@
 """Which endpoints a request may go to, in the order to try them: a pure function of (table, request, numbers).
 
 The order, from the precomputed tiers of `services.router.table`:
-1. known routable targets that serve the model: healthy tiers (priority desc), then busy tiers; inside a tier
-   the balancer decides (priority: random, round-robin: `rotation`, least-connections: fewest in-flight,
+1. known routable targets that serve the model: healthy tiers (priority desc), then busy tiers; each priority
+   is split into the targets where the model is loaded, then those where it is cold (`Tier.cold`; with
+   PIER_ROUTE_WARM_ACROSS_TIERS a slow-loading model's warm tiers all go first); a decision whose first
+   candidate is cold says `cold-start` in its reason (X-Pier-Route); inside a tier the balancer decides
+   (priority: random, round-robin: `rotation`, least-connections: fewest in-flight,
    ties by `rotation`);
 2. optimistic routing (or no listing ever succeeded): routable endpoints whose listing is unknown or empty
    (a DMR may list lazily), then any other routable endpoint; the model filter still applies;
@@ -23,7 +26,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from services.router.table import Candidate, ModelRoute, RoutingTable, Target, Tier
+from services.router.table import Candidate, ModelRoute, RoutingTable, Target, Tier, is_cold
 from shared.config import Balancer, RoutingStrategy
 from shared.names import normalise_model
 
@@ -275,6 +278,9 @@ def select(
         candidates = tuple(walk.room + walk.full)[: max(1, limit)]
         all_full = not walk.room
         reason = f"{mode};tier={candidates[0].target.priority};candidates={len(candidates)}"
+        first = candidates[0]
+        if is_cold(first.target, normalise_model(first.upstream_model) if first.upstream_model else model):
+            reason += ";cold-start"  # the client waits for a load: no warm endpoint had room
         stable = not walk.varied and not blocked and not walk.full
         return Decision(model, candidates, reason + (";all-full" if all_full else ""), all_full=all_full, stable=stable)
 

@@ -51,6 +51,16 @@ class RouterSettings(CommonSettings):
     anthropic_ping_interval_s: Seconds = Field(default=10.0, gt=0)
     # PIER_CHECK_TIMEOUT_S: how long `--check` waits for /internal/health.
     check_timeout_s: Seconds = Field(default=3.0, gt=0)
+    # PIER_ROUTE_WARM_ACROSS_TIERS: prefer an endpoint of a lower priority where the model is loaded over a
+    # higher one where it is cold, for models whose load (as the warm-up worker measured it) takes longer than
+    # PIER_ROUTE_WARM_ACROSS_TIERS_S. Off: priority first, warm first only within a priority.
+    route_warm_across_tiers: bool = False
+    route_warm_across_tiers_s: Seconds = Field(default=10.0, ge=0)
+
+    @property
+    def warm_across_tiers_s(self) -> float | None:
+        """The load-time threshold of the cross-priority preference, None when it is off."""
+        return self.route_warm_across_tiers_s if self.route_warm_across_tiers else None
 
     @field_validator("loading_retry_max_s")
     @classmethod

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from services.router.table import RoutingTable, build_table
 from shared import keys, statestore
 from shared.config import PierConfig
-from shared.state import EndpointState, Event, EventKind
+from shared.state import EndpointState, Event, EventKind, WarmState
 from shared.tracecontext import current_traceparent
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class StateCache:
         block_ms: int = 1000,
         instance_id: str = "",
         local_down_s: float = LOCAL_DOWN_S,
+        warm_across_tiers_s: float | None = None,
     ) -> None:
         self._config = config
         self._redis_url = redis_url
@@ -77,6 +78,9 @@ class StateCache:
         self._instance_id = instance_id
         self._local_down_s = local_down_s
         self._states: dict[str, EndpointState] = {}
+        # The warm-up worker's state per (endpoint, model): status routes, and load times for routing.
+        self._warm: dict[tuple[str, str], WarmState] = {}
+        self._warm_across_tiers_s = warm_across_tiers_s
         self._local_down: dict[str, tuple[float, float]] = {}  # name -> (marked at, until), wall clock
         self._last_id = "0-0"
         self._snapshotted = False
@@ -284,6 +288,8 @@ class StateCache:
     async def _snapshot(self, redis: Redis, *, full: bool) -> None:
         """Read every state. `full` also moves the tail position (start, or the stream lost our id)."""
         snapshot = await asyncio.wait_for(statestore.read_snapshot(redis), timeout=COMMAND_TIMEOUT_S)
+        warm = await asyncio.wait_for(statestore.read_warm_states(redis), timeout=COMMAND_TIMEOUT_S)
+        self._warm = {(w.endpoint, w.model): w for w in warm}
         now = time.time()
         merged: dict[str, EndpointState] = {}
         for name, fresh in snapshot.endpoints.items():
@@ -313,6 +319,9 @@ class StateCache:
             if event.kind is EventKind.ENDPOINT_REMOVED:
                 changed |= self._states.pop(event.endpoint, None) is not None
                 self._local_down.pop(event.endpoint, None)
+            elif event.kind is EventKind.WARM_CHANGED and event.warm is not None:
+                self._warm[(event.warm.endpoint, event.warm.model)] = event.warm
+                changed = True
             elif event.state is not None:
                 current = self._states.get(event.state.name)
                 if _newer(current, event.state) is event.state:
@@ -363,6 +372,8 @@ class StateCache:
             local_down=down,
             version=self._version,
             previous=self._table,
+            warm=self._warm,
+            warm_across_tiers_s=self._warm_across_tiers_s,
         )
         expiries = [s.checked_at + s.ttl_s for s in self._states.values() if not s.expired(judged_at)]
         self._next_expiry = min(expiries) if expiries and self._as_of is None else None

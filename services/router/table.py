@@ -8,7 +8,7 @@ A table is never mutated; the state cache swaps a new one in whole.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -16,7 +16,7 @@ from shared.config import Endpoint, PierConfig
 from shared.endpoints import ModelFilter
 from shared.names import normalise_model
 from shared.profiles import Profile
-from shared.state import EndpointState, EndpointStatus
+from shared.state import EndpointState, EndpointStatus, WarmState
 
 _EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 _NO_FILTER = ModelFilter()
@@ -77,12 +77,18 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Tier:
-    """Targets of one priority and one health class (healthy or busy), sorted by name for stable rotation."""
+    """Targets of one priority and one health class (healthy or busy), sorted by name for stable rotation.
+
+    In a model's route a priority is split in two tiers: the targets where the model is loaded (or where the
+    loaded set is unknown) first, then those where it is known to be cold, so a request goes cold only when
+    no warm target of its priority has room.
+    """
 
     priority: int
     busy: bool
     targets: tuple[Target, ...]
     mixed_native: bool = False  # some targets have the native Anthropic route and some don't
+    cold: bool = False  # the model is known not to be loaded on these targets (a request waits for a load)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,9 @@ class RoutingTable:
     fallback: Fallback = field(default_factory=Fallback)
     listing_known: bool = False  # some target's listing ever succeeded (strict 404s need one)
     model_names: tuple[str, ...] = ()  # sorted all_models(), for 404 bodies
+    # The warm-up worker's state per (endpoint, model): the status routes show it; measured load times
+    # decide whether a warm endpoint of a lower priority beats a cold one (`warm_across_tiers_s`).
+    warm: Mapping[tuple[str, str], WarmState] = field(default_factory=dict)
 
     def all_models(self) -> frozenset[str]:
         return frozenset(self.by_model)
@@ -257,35 +266,72 @@ def _reuse(previous: RoutingTable | None, config: PierConfig, name: str, state: 
     return old if old is not None and old.state is state else None
 
 
-def _tiers(targets: Iterable[Target]) -> tuple[Tier, ...]:
-    """Group known routable targets (already priority desc, name asc) into healthy tiers, then busy tiers."""
+def _tiers(targets: Iterable[Target], cold: Callable[[Target], bool] | None = None) -> tuple[Tier, ...]:
+    """Group known routable targets (already priority desc, name asc) into healthy tiers, then busy tiers.
+
+    With `cold` (a model's route), each priority splits into its warm tier, then its cold tier.
+    """
     healthy: list[Target] = []
     busy: list[Target] = []
     for target in targets:
         if target.routable:
             (busy if target.status is EndpointStatus.BUSY else healthy).append(target)
-    return _group(healthy, busy=False) + _group(busy, busy=True)
+    return _group(healthy, busy=False, cold=cold) + _group(busy, busy=True, cold=cold)
 
 
 def _unknown_tiers(targets: Iterable[Target]) -> tuple[Tier, ...]:
     return _group([t for t in targets if not t.known], busy=False)
 
 
-def _group(targets: list[Target], *, busy: bool) -> tuple[Tier, ...]:
+def _group(targets: list[Target], *, busy: bool, cold: Callable[[Target], bool] | None = None) -> tuple[Tier, ...]:
     tiers: list[Tier] = []
     start = 0
     for index in range(1, len(targets) + 1):
         if index == len(targets) or targets[index].priority != targets[start].priority:
             members = tuple(targets[start:index])
-            mixed = len({t.anthropic_native for t in members}) > 1
-            tiers.append(Tier(targets[start].priority, busy, members, mixed_native=mixed))
+            if cold is None:
+                tiers.append(_tier(members, busy, cold=False))
+            else:
+                warm_part = tuple(t for t in members if not cold(t))
+                cold_part = tuple(t for t in members if cold(t))
+                tiers.extend(_tier(part, busy, cold=part is cold_part) for part in (warm_part, cold_part) if part)
             start = index
     return tuple(tiers)
 
 
-def _route(members: tuple[Target, ...], upstream: Mapping[str, str], rewrite_to: str | None = None) -> ModelRoute:
+def _tier(members: tuple[Target, ...], busy: bool, *, cold: bool) -> Tier:
+    mixed = len({t.anthropic_native for t in members}) > 1
+    return Tier(members[0].priority, busy, members, mixed_native=mixed, cold=cold)
+
+
+def is_cold(target: Target, model: str) -> bool:
+    """The model (normalised) is known not to be loaded on the target: a request there waits for a load."""
+    state = target.state
+    return state is not None and state.loaded_known and model not in target.loaded
+
+
+def _warm_first(tiers: tuple[Tier, ...]) -> tuple[Tier, ...]:
+    """Warm tiers of any priority before cold ones (a lower priority beats a cold load); busy tiers stay last."""
+    return tuple(sorted(tiers, key=lambda t: (t.busy, t.cold)))  # stable: priority order kept within each
+
+
+def _route(
+    members: tuple[Target, ...],
+    upstream: Mapping[str, str],
+    rewrite_to: str | None = None,
+    *,
+    model: str | None = None,
+    warm_across: bool = False,
+) -> ModelRoute:
+    """`model`: the normalised name the targets list (None for an alias: each target's upstream name)."""
+
+    def cold(target: Target) -> bool:
+        name = model if model is not None else normalise_model(upstream.get(target.name, rewrite_to or ""))
+        return is_cold(target, name)
+
+    known = _tiers(members, cold)
     return ModelRoute(
-        known=_tiers(members),
+        known=_warm_first(known) if warm_across else known,
         unknown=_unknown_tiers(members),
         exists=bool(members),
         upstream=upstream,
@@ -302,6 +348,8 @@ def build_table(
     local_down: Mapping[str, float] | None = None,
     version: int = 0,
     previous: RoutingTable | None = None,
+    warm: Mapping[tuple[str, str], WarmState] | None = None,
+    warm_across_tiers_s: float | None = None,
 ) -> RoutingTable:
     """Build the table from the config and the endpoint states (pure).
 
@@ -310,6 +358,10 @@ def build_table(
     the router marked down itself to an until-time: OFFLINE before it (the state cache drops an entry as
     soon as the health worker reports the endpoint again). Expired states make a target UNKNOWN (known=False)
     but keep its last listing, so it can still be a last resort for the models it had.
+
+    Inside a priority, targets where the model is loaded go first (`Tier.cold`). With `warm_across_tiers_s`,
+    a model whose measured load time (the warm-up worker's, in `warm`) exceeds it goes to a warm target of
+    any priority before a cold one.
     """
     now = time.time() if now is None else now
     down = local_down or {}
@@ -341,9 +393,15 @@ def build_table(
         for model in target.models:
             serving.setdefault(model, []).append(target)
     by_model = {model: tuple(members) for model, members in serving.items()}
-    routes: dict[str, ModelRoute] = {model: _route(members, _EMPTY_HEADERS) for model, members in by_model.items()}
+    warm_states = warm or {}
+    slow = _slow_models(warm_states, warm_across_tiers_s)
+    routes: dict[str, ModelRoute] = {
+        model: _route(members, _EMPTY_HEADERS, model=model, warm_across=model in slow)
+        for model, members in by_model.items()
+    }
     for alias, real_names in config.model_aliases.items():
-        routes[alias] = _alias_route(by_model, real_names)
+        across = any(normalise_model(real) in slow for real in real_names)
+        routes[alias] = _alias_route(by_model, real_names, warm_across=across)
 
     live = [t for t in ordered if t.routable]
     return RoutingTable(
@@ -360,10 +418,22 @@ def build_table(
         ),
         listing_known=any(t.models_known for t in ordered),
         model_names=tuple(sorted(by_model)),
+        warm=MappingProxyType(dict(warm_states)),
     )
 
 
-def _alias_route(by_model: Mapping[str, tuple[Target, ...]], real_names: tuple[str, ...]) -> ModelRoute:
+def _slow_models(warm: Mapping[tuple[str, str], WarmState], threshold_s: float | None) -> frozenset[str]:
+    """Models whose longest measured load exceeds the threshold (None: the cross-tier preference is off)."""
+    if threshold_s is None:
+        return frozenset()
+    return frozenset(
+        model for (_, model), w in warm.items() if w.load_time_s is not None and w.load_time_s > threshold_s
+    )
+
+
+def _alias_route(
+    by_model: Mapping[str, tuple[Target, ...]], real_names: tuple[str, ...], *, warm_across: bool = False
+) -> ModelRoute:
     """Targets serving any of the alias's real names; each is sent the first real name it has."""
     upstream: dict[str, str] = {}
     members: list[Target] = []
@@ -373,4 +443,4 @@ def _alias_route(by_model: Mapping[str, tuple[Target, ...]], real_names: tuple[s
                 upstream[target.name] = real
                 members.append(target)
     members.sort(key=_rank)
-    return _route(tuple(members), MappingProxyType(upstream), rewrite_to=real_names[0])
+    return _route(tuple(members), MappingProxyType(upstream), rewrite_to=real_names[0], warm_across=warm_across)

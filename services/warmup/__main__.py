@@ -21,10 +21,11 @@ def main() -> int:
     if args.check:
         return check(settings.redis_url, SERVICE, settings.warmup_id_file, settings.heartbeat_ttl_s)
     config = load_or_exit(settings.pier_config)
+    warm = load_or_exit(settings.warmup_config)
     setup_logging(SERVICE, settings.log_level, settings.log_format)
     report_ignored(config)
     install_uvloop()
-    asyncio.run(run_worker(WarmupWorker(settings, config)))
+    asyncio.run(run_worker(WarmupWorker(settings, config, warm)))
     return 0
 
 

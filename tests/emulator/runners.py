@@ -231,6 +231,7 @@ class Runners:
         runner.load_task = asyncio.create_task(self._load(runner), name=f"load {key}")
         self.runners[key] = runner
         self._counters["loads_started"] += 1
+        self._counters["peak_runners"] = max(self._counters.get("peak_runners", 0), len(self.runners))
         return runner
 
     async def _load(self, runner: Runner) -> None:

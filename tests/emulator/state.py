@@ -32,6 +32,7 @@ COUNTERS = (
     "faults_applied",
     "streams_completed",
     "streams_aborted",
+    "peak_runners",  # the most runners (loaded or loading) held at once: a client must never push it past a limit
 )
 
 

@@ -70,6 +70,24 @@ async def test_keep_alive_evicts_idle_runners(http: aiohttp.ClientSession, start
     assert (await admin_get(http, emu, "state"))["counters"]["loads_started"] == 2
 
 
+async def test_preloaded_runners_expire_after_keep_alive_and_count_the_peak(
+    http: aiohttp.ClientSession, start_emulator: StartEmulator
+) -> None:
+    emu = await start_emulator(keep_alive_s=1.0, models=["ai/smollm2", "ai/gemma3"])
+    preload = {"X-Preload-Only": "true"}
+    for model in ("ai/smollm2", "ai/gemma3"):
+        async with http.post(f"{emu.url}/engines/v1/chat/completions", json=chat_body(model), headers=preload) as r:
+            assert (r.status, await r.read()) == (200, b"")
+    assert (await admin_get(http, emu, "state"))["counters"]["peak_runners"] == 2
+
+    async def gone() -> bool:
+        return not await ps(http, emu)
+
+    await wait_for(gone, timeout_s=10, what="both idle runners to expire after keep_alive 1 s")
+    state = await admin_get(http, emu, "state")
+    assert (state["counters"]["evictions"], state["counters"]["peak_runners"]) == (2, 2)
+
+
 async def test_configure_keep_alive_per_model(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:
     emu = await start_emulator(keep_alive_s=300, models=["ai/smollm2", "ai/gemma3"], max_runners=4)
     body = {"model": "ai/gemma3", "keep_alive": "0"}
@@ -94,7 +112,9 @@ async def test_max_runners_evicts_least_recently_used(
     await post_chat(http, emu.url, "ai/smollm2")  # gemma3 is now the least recently used
     await post_chat(http, emu.url, "ai/qwen3")
     assert sorted(e["model_name"] for e in await ps(http, emu)) == ["ai/qwen3", "ai/smollm2"]
-    assert (await admin_get(http, emu, "state"))["counters"]["evictions"] == 1
+    counters = (await admin_get(http, emu, "state"))["counters"]
+    assert counters["evictions"] == 1
+    assert counters["peak_runners"] == 2  # the high watermark never passes the limit
 
 
 async def test_full_and_busy_blocks_until_a_runner_frees(

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 from redis.asyncio import Redis
 
-from services.health.inventory import loaded_signature
+from shared.inventory import loaded_signature
 from shared.state import EndpointStatus, Event, EventKind
 from tests.harness import ProcessFactory, wait_for
 from tests.health.support import (

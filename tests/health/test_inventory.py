@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.health.inventory import (
+from shared.inventory import (
     InventoryError,
     loaded_signature,
     parse_engines,

@@ -15,6 +15,7 @@ import pytest
 
 from tests.harness import Proc, ProcessFactory, RedisServer
 from tests.router.support import (
+    MODEL,
     Emu,
     chat,
     endpoint,
@@ -49,8 +50,16 @@ def fleet(module_procs: ProcessFactory, module_dir: Path, module_redis: RedisSer
 async def router_for(procs: ProcessFactory, fleet: Fleet, balancer: str) -> Proc:
     for emu in fleet.emus.values():
         await emu.reset()
+    # Loaded on the whole top tier (DMR's own `_configure` preload, which the request counts below leave out):
+    # warm endpoints go before cold ones of their tier, so the balancer's share is measured among equals.
+    async with aiohttp.ClientSession() as http:
+        for name in TOP:
+            url = f"{fleet.emus[name].url}/engines/_configure"
+            async with http.post(url, json={"model": MODEL}) as resp:
+                assert resp.status == 202, await resp.text()
     router = start_router(procs, fleet.redis_url, fleet.config, PIER_LOAD_BALANCER=balancer)
-    await wait_routable(router.url, [*TOP, "d"])
+    await wait_routable(router.url, [*TOP], loaded=True)
+    await wait_routable(router.url, ["d"])
     return router
 
 

@@ -9,7 +9,7 @@ from openai.types import Model
 
 from services.router.listing import merged_inventory, merged_ps, models_status, olla_models, openai_models
 from services.router.table import RoutingTable, build_table
-from shared.state import EndpointStatus, LoadedModel, PulledModel
+from shared.state import EndpointStatus, LoadedModel, PulledModel, WarmPhase, WarmPolicy, WarmState
 from tests.router.core_builders import NOW, config, endpoint, state, states
 
 SMOL = "ai/smollm2:latest"
@@ -167,8 +167,33 @@ def test_models_status_shows_every_endpoint_with_state() -> None:
         "loading_on": [],
         "routable_on": ["top", "mid"],
         "stale_on": ["gone"],
+        "warm": {},
     }
     assert status[LLAMA]["routable_on"] == []
     assert status[LLAMA]["pulled_on"] == ["off"]
     assert status[PHI]["loading_on"] == ["mid"]
     assert EMBED not in status  # `top` filters it out; nothing else has it
+
+
+def test_models_status_shows_the_warm_up_state() -> None:
+    base = fleet()
+    warm = {
+        ("top", SMOL): WarmState(
+            endpoint="top", model=SMOL, phase=WarmPhase.WARM, policy=WarmPolicy.PIN, load_time_s=4.2
+        ),
+        ("mid", SMOL): WarmState(
+            endpoint="mid", model=SMOL, phase=WarmPhase.FAILED, last_error="HTTP 500: boom", next_retry_at=NOW + 20
+        ),
+        ("mid", LLAMA): WarmState(
+            endpoint="mid", model=LLAMA, phase=WarmPhase.COLD, fits=False, detail="does not fit: runner limit 1"
+        ),
+    }
+    status = models_status(
+        build_table(base.config, {t.name: t.state for t in base.targets.values() if t.state}, now=NOW, warm=warm)
+    )
+    assert status[SMOL]["warm"]["top"]["phase"] == "warm"
+    assert (status[SMOL]["warm"]["top"]["policy"], status[SMOL]["warm"]["top"]["load_time_s"]) == ("pin", 4.2)
+    failed = status[SMOL]["warm"]["mid"]
+    assert (failed["phase"], failed["last_error"], failed["next_retry_at"]) == ("failed", "HTTP 500: boom", NOW + 20)
+    unfit = status[LLAMA]["warm"]["mid"]
+    assert (unfit["phase"], unfit["fits"], unfit["detail"]) == ("cold", False, "does not fit: runner limit 1")

@@ -1,4 +1,4 @@
-"""The probing lease: one health worker leads (probes and publishes), the others stand by.
+"""A leader lease: one worker of a kind leads (health: probes; warm-up: preloads), the others stand by.
 
 `SET key owner NX PX ttl` takes it; the owner renews with a compare-and-pexpire script and releases it on
 shutdown with compare-and-delete, so a worker can never extend or drop a lease another worker holds.

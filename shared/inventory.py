@@ -1,4 +1,4 @@
-"""Parsing what an endpoint lists into `shared.state` models: pure functions, one per route.
+"""Parsing what an endpoint lists into `shared.state` models (health: every probe; warm-up: `/engines/ps`).
 
 Each parser raises `InventoryError` for a body that does not have the route's shape ("garbage"); fields DMR
 added over time (the `dmr` object, `loading`, `keep_alive`) are optional.

@@ -166,12 +166,15 @@ async def test_endpoints_dropped_from_the_config_are_removed(
     procs: ProcessFactory, redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
     a, b = start_emulator(procs), start_emulator(procs)
-    config = write_config(tmp_path / "pier.yaml", endpoint_entry("a", a.url), endpoint_entry("b", b.url))
+    # `a` every 3 s: its state lives ~10 s, so it is still in Redis when the second worker (slow to start on a
+    # loaded machine) takes over; with 1 s it could expire first, and then "added" again would be right.
+    a_entry = endpoint_entry("a", a.url, interval="3s")
+    config = write_config(tmp_path / "pier.yaml", a_entry, endpoint_entry("b", b.url))
     first = start_health(procs, health_env(redis_url, tmp_path, config))
     await wait_status(redis, "b", EndpointStatus.HEALTHY, proc=first)
     await wait_status(redis, "a", EndpointStatus.HEALTHY, proc=first)
     assert first.stop() == 0
-    write_config(config, endpoint_entry("a", a.url))
+    write_config(config, a_entry)
     second = start_health(procs, health_env(redis_url, tmp_path, config, instance="h2"))
 
     async def removed() -> list[Event]:
@@ -182,7 +185,7 @@ async def test_endpoints_dropped_from_the_config_are_removed(
     assert await read_state(redis, "b") is None
     assert "b" not in await redis.zrange(keys.ENDPOINT_INDEX, 0, -1)
     # `a` carried over: the new leader started from the state in Redis, so no new "added" event for it.
-    await wait_for(lambda: _written_by(redis, "a", "h2"), what="a probed by h2")
+    await wait_for(lambda: _written_by(redis, "a", "h2"), timeout_s=20, what="a probed by h2")
     added = [e.endpoint for e in await all_events(redis) if e.kind is EventKind.ENDPOINT_ADDED]
     assert sorted(added) == ["a", "b"]
     assert second.alive()

@@ -14,12 +14,21 @@ a hot key mix cannot pile onto one endpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from services.router import sessions
 from services.router.table import Candidate
+from shared import jsontext
+
+if TYPE_CHECKING:  # the settings module imports `sessions`; these are types only
+    from services.router.routing import Decision
+    from services.router.runtime import Runtime
+    from services.router.settings import RouterSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +76,35 @@ def place(
     preferred = max(tier, key=lambda c: weights[c.target.name])
     order = (chosen, *(c for c in candidates if c is not chosen))
     return Placement(order, "hit" if chosen is preferred else "moved")
+
+
+class Affinity:
+    """The request path's one call: a session key from the request, then `place`. (No state of its own: the
+    in-flight counts are the runtime's.)"""
+
+    def __init__(self, settings: RouterSettings, runtime: Runtime) -> None:
+        self._sources = settings.affinity_sources
+        self._needs_body = sessions.needs_body(self._sources)
+        self._load_factor = settings.affinity_load_factor
+        self._runtime = runtime
+
+    def place(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        data: Mapping[str, Any] | None,
+        decision: Decision,
+        anthropic: bool,
+    ) -> Placement | None:
+        model = decision.model or ""
+        sources = self._sources
+        if data is None and self._needs_body and sessions.from_headers(sources, headers) is None:
+            # The model was read without parsing the body; the key needs it (a malformed body: no key, and the
+            # endpoint answers it as it would have).
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                parsed = jsontext.loads(body)
+                data = parsed if isinstance(parsed, dict) else None
+        key = sessions.session_key(sources, headers, data, model, anthropic=anthropic)
+        if key is None:
+            return None
+        return place(decision.candidates, key, model, self._runtime.inflight, load_factor=self._load_factor)

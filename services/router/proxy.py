@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from services.router.affinity import Affinity
 from services.router.anthropic_bridge import AnthropicBridge
 from services.router.anthropic_check import check_messages
 from services.router.circuit import Circuits
@@ -59,6 +60,7 @@ DMR_TYPE = "docker-model-runner"
 
 # DMR's engine names (`/engines/{engine}/v1/...`); any other name is a 404, as on DMR.
 ENGINES = frozenset({"llama.cpp", "vllm", "mlx", "sglang", "diffusers"})
+_CONVERSATIONS = frozenset({"chat/completions", "responses"})  # the OpenAI operations a conversation uses
 
 
 class Api(StrEnum):
@@ -138,6 +140,7 @@ class Proxy:
         self._ids = ids
         self._decisions = Decisions(config, runtime, circuits)
         self._anthropic = AnthropicBridge()
+        self._affinity = Affinity(settings, runtime) if settings.affinity else None
         self._state: StateCache | None = None
         self._exchanger: Exchanger | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -191,13 +194,18 @@ class Proxy:
                 decision = await self._wait_for_room(loop, decision, model, engine, anthropic)
 
             flavour = Flavour.ANTHROPIC if anthropic else Flavour.OPENAI
-            call = Call(request, flavour, request_id, started, decision.reason, model or "")
+            candidates, reason = decision.candidates, decision.reason
+            if self._affinity is not None and len(candidates) > 1 and (anthropic or op in _CONVERSATIONS):
+                placed = self._affinity.place(request.headers, body, data, decision, anthropic)
+                if placed is not None:
+                    candidates, reason = placed.candidates, f"{reason};affinity={placed.mark}"
+            call = Call(request, flavour, request_id, started, reason, model or "")
             runtime, circuits = self._runtime, self._circuits
             query = request.rel_url.raw_query_string
             base_headers: CIMultiDict[str] | None = None
             last: RouterError | None = None
             refused: list[str] = []
-            for candidate in decision.candidates:
+            for candidate in candidates:
                 target = candidate.target
                 name = target.name
                 if not runtime.has_room(name, target.max_concurrent):

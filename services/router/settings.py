@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationInfo, field_validator
+from typing import Annotated
 
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import NoDecode
+
+from services.router.sessions import DEFAULT_SOURCES, Source
 from shared.durations import Seconds
 from shared.settings import CommonSettings
 
@@ -56,11 +60,32 @@ class RouterSettings(CommonSettings):
     # PIER_ROUTE_WARM_ACROSS_TIERS_S. Off: priority first, warm first only within a priority.
     route_warm_across_tiers: bool = False
     route_warm_across_tiers_s: Seconds = Field(default=10.0, ge=0)
+    # PIER_AFFINITY: send a conversation's next turn to the endpoint that served its last one (its prompt cache),
+    # by rendezvous hashing of a session key; requests without a key are routed as without it.
+    affinity: bool = True
+    # PIER_AFFINITY_SOURCES: where the session key comes from, first match wins (comma-separated):
+    # header (session headers agents send), prompt_cache_key, user, prefix (system prompt + first user turn).
+    affinity_sources: Annotated[tuple[Source, ...], NoDecode] = DEFAULT_SOURCES
+    # PIER_AFFINITY_LOAD_FACTOR: bounded loads: an endpoint above (1 + this) x the tier's mean in-flight passes
+    # a session on to its next choice.
+    affinity_load_factor: float = Field(default=0.25, gt=0, le=10)
 
     @property
     def warm_across_tiers_s(self) -> float | None:
         """The load-time threshold of the cross-priority preference, None when it is off."""
         return self.route_warm_across_tiers_s if self.route_warm_across_tiers else None
+
+    @field_validator("affinity_sources", mode="before")
+    @classmethod
+    def _split_sources(cls, value: object) -> object:
+        if isinstance(value, str):
+            names = [part.strip().lower() for part in value.split(",") if part.strip()]
+            known = ", ".join(s.value for s in Source)
+            for name in names:
+                if name not in Source.__members__.values():
+                    raise ValueError(f"unknown source {name!r}; the sources are {known}")
+            return tuple(Source(name) for name in dict.fromkeys(names))
+        return value
 
     @field_validator("loading_retry_max_s")
     @classmethod

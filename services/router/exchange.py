@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -30,6 +31,9 @@ from services.router.headers import downstream_headers, pier_headers
 from services.router.settings import RouterSettings
 from services.router.table import Target
 from shared.h1client import BadResponse, Origin, UpstreamDisconnected, UpstreamPool, UpstreamResponse
+
+if TYPE_CHECKING:
+    from services.router.usage import ResponseWatch
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class Call:
     route: str  # X-Pier-Route
     model: str  # `model` as the client sent it
     attempts: int = 0
+    watch: ResponseWatch | None = None  # telemetry on: reads the answer as it passes (services/router/telemetry.py)
 
 
 class Exchanger:
@@ -197,6 +202,9 @@ class Exchanger:
         # Filled in place: passing `headers=` to the response would copy them once more.
         downstream_headers(upstream.headers, out.headers, _pier_headers(call, target, model))
         finished = False
+        watch = call.watch
+        if watch is not None:
+            watch.head(upstream.status, upstream.headers.get("Content-Type", ""), out.headers)
         try:
             await out.prepare(call.request)
             try:
@@ -206,11 +214,13 @@ class Exchanger:
                 return out
             if prefix:
                 ready = prefix + ready
+            if watch is not None:
+                ready = watch.feed(ready)
             if upstream.at_eof():
                 # The whole answer is here (the common non-streaming case): headers, body and end in one write.
                 finished = True
                 upstream.release()
-                await out.write_eof(ready)
+                await out.write_eof(ready if watch is None else ready + watch.end())
                 return out
             # The headers leave now, with whatever body bytes are already here.
             await out.write(ready)
@@ -222,10 +232,14 @@ class Exchanger:
                     return out
                 if not chunk:
                     break
+                if watch is not None:
+                    chunk = watch.feed(chunk)
+                    if not chunk:
+                        continue  # all of it held back or stripped (telemetry's usage chunk)
                 await out.write(chunk)
             finished = True
             upstream.release()
-            await out.write_eof()
+            await out.write_eof(b"" if watch is None else watch.end())
         except ConnectionError:
             # The client went away: closing the upstream response (below) stops the generation at once.
             pass
@@ -245,6 +259,8 @@ class Exchanger:
         """The endpoint broke off an answer already under way: no retry; the client must see an error."""
         upstream.close()
         self._circuits.failure(target.name, "stream cut")
+        if call.watch is not None:
+            call.watch.cut("stream_cut")
         log.warning("endpoint %s cut a response already under way (%s): %s", target.name, call.request_id, exc)
         message = f"endpoint {target.name} cut the response: {_describe(exc)}"
         if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):

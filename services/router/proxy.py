@@ -42,6 +42,7 @@ from services.router.routing import Decision, RouteError
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.table import Target
+from services.router.telemetry import TRACE_KEY, RequestTrace
 from shared.config import PierConfig
 from shared.h1client import origin_of
 from shared.names import normalise_model
@@ -134,6 +135,10 @@ class Proxy:
         self._state: StateCache | None = None
         self._exchanger: Exchanger | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._traced = False  # telemetry on: the app wraps each route in a span and stores a RequestTrace
+
+    def bind_telemetry(self, traced: bool) -> None:
+        self._traced = traced
 
     def bind_state(self, state: StateCache | None) -> None:
         self._state = state
@@ -174,6 +179,9 @@ class Proxy:
             if model is None:
                 data, model = parse_body(body)
             anthropic = api is not Api.OPENAI
+            traced: RequestTrace | None = request[TRACE_KEY] if self._traced else None
+            if traced is not None:
+                body, data = traced.request_in(anthropic, op, body, data, model)
             decision = self._decisions.decide(state.table, model, engine, anthropic)
             if decision.error is not None or decision.all_full:
                 decision = await self._wait_for_room(loop, decision, model, engine, anthropic)
@@ -213,8 +221,9 @@ class Proxy:
                     base_headers = upstream_headers(request.headers, request_id)
                 headers = with_endpoint_headers(base_headers, target.headers)
                 runtime.acquire(name)
+                attempt = traced.attempt_start(call, target, sent_model, headers) if traced is not None else None
                 try:
-                    return await exchanger.exchange(
+                    response = await exchanger.exchange(
                         call,
                         target,
                         origin_of(target.url),
@@ -224,7 +233,12 @@ class Proxy:
                         sent_model,
                         shield_load=_may_be_loading(target, sent_model),
                     )
+                    if attempt is not None:
+                        attempt.answered(response)
+                    return response
                 except Failover as exc:
+                    if attempt is not None:
+                        attempt.failed(exc.error)
                     last = exc.error
                     runtime.count("failovers")
                     log.warning("endpoint %s failed before answering (%s): %s", name, request_id, exc.error.message)
@@ -233,6 +247,8 @@ class Proxy:
                 finally:
                     runtime.release(name)
                     circuits.settle(name)
+                    if attempt is not None:
+                        attempt.end(request)
             raise self._exhausted(call, decision, last, refused, not_native)
         except Exception as exc:
             return answer_error(request, exc)

@@ -46,6 +46,8 @@ class RouterSettings(CommonSettings):
     upstream_keepalive_s: Seconds = Field(default=30.0, gt=0)
     # PIER_UPSTREAM_POOL_SIZE: open connections to all endpoints together (0 = no limit; endpoint limits apply).
     upstream_pool_size: int = Field(default=0, ge=0)
+    # PIER_PROMETHEUS_METRICS: serve the router's OpenTelemetry metrics at GET /internal/metrics (Prometheus text).
+    prometheus_metrics: bool = False
     # PIER_CHECK_TIMEOUT_S: how long `--check` waits for /internal/health.
     check_timeout_s: Seconds = Field(default=3.0, gt=0)
 

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-TRACE_KEY = "pier.trace"  # the request's `RequestTrace`, for the proxy's hooks
 
 _OPERATIONS = {
     "chat/completions": "chat",
@@ -298,6 +297,9 @@ class RequestTrace:
         watch = ResponseWatch(strip_usage=self.strip_usage, clock=owner._clock)
         call.watch = watch
         return Attempt(self, span, watch, target.name, model or self.request_model, call.route, owner._clock())
+
+
+TRACE_KEY: web.RequestKey[RequestTrace] = web.RequestKey("pier.trace", RequestTrace)  # for the proxy's hooks
 
 
 class Attempt:

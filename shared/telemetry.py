@@ -32,6 +32,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT_S = 5.0  # on shutdown: what is still queued gets this long to leave (inside the drain time)
+# The HTTP semantic conventions' advice for duration histograms, in seconds (the SDK's default buckets are
+# made for milliseconds).
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _QUEUE_SIZE = 2048  # the SDK's default, stated here because the drop counter needs it
 
 

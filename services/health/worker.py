@@ -30,6 +30,7 @@ from shared.config import Endpoint, PierConfig
 from shared.liveness import record_instance_id
 from shared.state import EndpointState, Event, EventKind
 from shared.statestore import RedisClient
+from shared.telemetry import HTTP_BUCKETS
 from shared.tracecontext import links_to
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,10 @@ class HealthWorker:
         self._tracer = trace.get_tracer("pier.health", tracer_provider=tracer_provider)
         meter = metrics.get_meter("pier.health", meter_provider=meter_provider)
         self._probe_duration = meter.create_histogram(
-            "pier.health.probe.duration", unit="s", description="Duration of one endpoint probe."
+            "pier.health.probe.duration",
+            unit="s",
+            description="Duration of one endpoint probe.",
+            explicit_bucket_boundaries_advisory=HTTP_BUCKETS,
         )
         self._reported: dict[str, str] = {}  # endpoint -> traceparent of the router request that reported it down
         self._fetcher: Fetcher | None = None

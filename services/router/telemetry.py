@@ -32,7 +32,7 @@ from services.router.circuit import Circuits
 from services.router.errors import RouterError
 from services.router.runtime import Runtime
 from services.router.usage import ResponseWatch, needs_usage, with_usage
-from shared.telemetry import Telemetry
+from shared.telemetry import HTTP_BUCKETS, Telemetry
 
 if TYPE_CHECKING:
     from services.router.exchange import Call
@@ -85,7 +85,10 @@ class RouterTelemetry:
         self._clock = time.perf_counter
         meter = telemetry.meter("pier.router")
         self.http_duration = meter.create_histogram(
-            "http.server.request.duration", unit="s", description="Duration of HTTP server requests."
+            "http.server.request.duration",
+            unit="s",
+            description="Duration of HTTP server requests.",
+            explicit_bucket_boundaries_advisory=HTTP_BUCKETS,
         )
         self.op_duration = meter.create_histogram(
             "gen_ai.client.operation.duration",

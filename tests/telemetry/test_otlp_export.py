@@ -3,12 +3,14 @@ and flush on SIGTERM: the batch delay is set to a minute, so every span seen her
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from redis.asyncio import Redis
 
+from observability.dashboards import TRACE_TABLES
 from shared import statestore
 from shared.state import EventKind
 from tests.harness import Proc, ProcessFactory, free_port, http_ok, wait_for
@@ -39,6 +41,21 @@ def start_receiver(procs: ProcessFactory) -> Proc:
         port=port,
         ready=lambda p: http_ok(f"{p.url}/spans"),
     )
+
+
+def check_traceql(spans: list[dict[str, Any]]) -> None:
+    """The dashboard's TraceQL names attributes, kinds and values the router really exports."""
+    router = [s for s in spans if s["service"] == "pier-router"]
+    for _, traceql in TRACE_TABLES:
+        for scope, name in re.findall(r"\b(span|resource)\.([A-Za-z0-9_.]+)", traceql):
+            pool = [s["attributes"] if scope == "span" else s["resource"] for s in router]
+            assert any(name in attributes for attributes in pool), f"{scope}.{name} of {traceql!r} is never exported"
+        for kind in re.findall(r"kind=(\w+)", traceql):
+            assert any(s["kind"] == kind.upper() for s in router), kind
+        for name, pattern in re.findall(r'span\.([a-z_.]+)=~"([^"]+)"', traceql):
+            assert any(re.fullmatch(pattern, str(s["attributes"].get(name, ""))) for s in router), pattern
+        for name, value in re.findall(r'resource\.([a-z_.]+)="([^"]+)"', traceql):
+            assert any(s["resource"].get(name) == value for s in router), value
 
 
 def one(spans: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
@@ -120,6 +137,8 @@ async def test_router_and_health_export_linked_spans_and_flush_on_sigterm(
     assert probes[0]["links"] == [{"trace_id": INBOUND_TRACE, "span_id": server["span_id"]}]
     # Unchanged probes made no spans: e1 and e2 each once when added, e1 once when it went down.
     assert len([s for s in spans if s["service"] == "pier-health"]) == 3
+
+    check_traceql(spans)
 
     metric_names = get_json(f"{receiver.url}/metrics")
     for name in (

@@ -29,6 +29,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from shared.fastmetrics import FastMetrics, export_through
+
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT_S = 5.0  # on shutdown: what is still queued gets this long to leave (inside the drain time)
@@ -155,6 +157,15 @@ class Telemetry:
     prometheus_registry: object | None = None  # prometheus_client's CollectorRegistry when scraping is on
     capture_content: bool = False
     drops: DropCounter = field(default_factory=DropCounter)
+    metric_readers: list[MetricReader] = field(default_factory=list)  # of `meter_provider`
+    resource: Resource = field(default_factory=Resource.get_empty)
+
+    def fast_metrics(self, scope: str) -> FastMetrics:
+        """Hot-path counters and histograms (`shared.fastmetrics`) exported by this process's metric readers."""
+        fast = FastMetrics(scope)
+        if self.metric_readers:
+            export_through(self.metric_readers, fast, self.resource)
+        return fast
 
     @property
     def tracing(self) -> bool:
@@ -176,16 +187,26 @@ class Telemetry:
         return self.meter_provider.get_meter(name)
 
     def shutdown(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
-        """Flush what is queued (bounded by `timeout_s`), then stop the exporters. Safe to call twice."""
-        timeout_ms = max(1, int(timeout_s * 1000))
+        """Flush what is queued and stop the exporters, giving up after `timeout_s` (a hung collector must not
+        hold the process past its drain time: the export threads are daemons). Safe to call twice."""
         tracer_provider, self.tracer_provider = self.tracer_provider, None
         meter_provider, self.meter_provider = self.meter_provider, None
-        if tracer_provider is not None:
-            if not tracer_provider.force_flush(timeout_ms):
-                log.warning("telemetry: spans still queued after %gs were dropped at shutdown", timeout_s)
-            tracer_provider.shutdown()
-        if meter_provider is not None:
-            meter_provider.shutdown(timeout_millis=timeout_ms)
+        if tracer_provider is None and meter_provider is None:
+            return
+        timeout_ms = max(1, int(timeout_s * 1000))
+
+        def stop() -> None:
+            if tracer_provider is not None:
+                tracer_provider.force_flush(timeout_ms)
+                tracer_provider.shutdown()
+            if meter_provider is not None:
+                meter_provider.shutdown(timeout_millis=timeout_ms)
+
+        worker = threading.Thread(target=stop, name="pier-telemetry-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            log.warning("telemetry: the collector did not take the last spans/metrics in %gs; dropped", timeout_s)
 
 
 def resource_for(default_service: str) -> Resource:
@@ -228,8 +249,11 @@ def setup(
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
         telemetry.prometheus_registry = registry
+    telemetry.resource = resource
     if readers:
-        telemetry.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        # shutdown_on_exit=False: `Telemetry.shutdown` bounds the flush; the SDK's atexit hook would not.
+        telemetry.meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+        telemetry.metric_readers = readers
         meter = telemetry.meter_provider.get_meter("pier.telemetry")
         meter.create_observable_counter(
             "pier.telemetry.spans.dropped", [telemetry.drops.observe], unit="{span}", description="spans not exported"
@@ -237,7 +261,8 @@ def setup(
     if env.traces_endpoint is not None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER(_ARG)
+        # The sampler comes from OTEL_TRACES_SAMPLER(_ARG).
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         exporter = OTLPSpanExporter(endpoint=env.traces_endpoint)
         provider.add_span_processor(_CountingBatchProcessor(exporter, telemetry.drops, telemetry.meter_provider))
         telemetry.tracer_provider = provider

@@ -170,7 +170,7 @@ def build_app(settings: RouterSettings, config: PierConfig, telemetry: Telemetry
     app[CIRCUITS] = circuits
     observed: RouterTelemetry | None = None
     if telemetry is not None and telemetry.enabled:
-        observed = RouterTelemetry(telemetry, runtime, circuits, lambda: app.get(STATE))
+        observed = RouterTelemetry(telemetry, runtime, circuits, lambda: app.get(STATE), port=settings.port)
         proxy.bind_telemetry(True)
 
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -86,7 +86,11 @@ def in_memory_telemetry(
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
     telemetry = Telemetry(
-        "pier-router", tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content
+        "pier-router",
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        capture_content=capture_content,
+        metric_readers=[reader],
     )
     return telemetry, exporter, reader
 

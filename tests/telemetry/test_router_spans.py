@@ -144,6 +144,12 @@ async def test_streaming_chat_asks_for_usage_and_strips_it(
         assert tokens["output"].sum == a["gen_ai.usage.output_tokens"]
         assert tokens["input"].sum == a["gen_ai.usage.input_tokens"]
         assert traced.metric_points("gen_ai.client.operation.time_to_first_chunk")[0].count == 1
+        (status,) = [p for p in traced.metric_points("pier.endpoint.status") if p.attributes["pier.endpoint"] == "e1"]
+        assert status.value == 1.0
+        assert status.attributes["pier.status"] == "healthy"
+        loaded = traced.metric_points("pier.endpoint.model.loaded")
+        assert {p.attributes["gen_ai.request.model"] for p in loaded} >= {MODEL}
+        assert [p.value for p in traced.metric_points("pier.router.inflight")] == [0]
         http_points = traced.metric_points("http.server.request.duration")
         assert any(p.attributes["http.route"] == "/engines/v1/chat/completions" for p in http_points)
 

@@ -16,6 +16,7 @@ Built only when telemetry is on; with it off the request path checks one attribu
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -237,7 +238,10 @@ class RequestTrace:
         self.operation = _OPERATIONS.get(op, op)
         self.provider = "anthropic" if anthropic else "openai"
         self.request_model = model or ""
+        recording = self.span.is_recording()
         if data is None:
+            if not recording and b'"stream"' not in body:
+                return body, data  # not sampled and not a stream: nothing here needs the parsed body
             try:
                 parsed = json.loads(body)
             except ValueError:
@@ -245,6 +249,15 @@ class RequestTrace:
             if not isinstance(parsed, dict):
                 return body, data
             data = parsed
+        if recording:
+            self.params = self._params(data)
+        if needs_usage(op, data):
+            self.strip_usage = True
+            data = with_usage(data)
+            body = json.dumps(data).encode()
+        return body, data
+
+    def _params(self, data: dict[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {}
         for key, attribute in _REQUEST_PARAMS:
             value = data.get(key)
@@ -261,22 +274,25 @@ class RequestTrace:
             for key in ("messages", "prompt", "input", "system"):
                 if key in data:
                     params[f"gen_ai.input.{key}"] = json.dumps(data[key])
-        self.params = params
-        if needs_usage(op, data):
-            self.strip_usage = True
-            data = with_usage(data)
-            body = json.dumps(data).encode()
-        return body, data
+        return params
 
     def attempt_start(self, call: Call, target: Target, model: str, headers: CIMultiDict[str]) -> Attempt:
         """A CLIENT span for one endpoint, sibling of the other attempts; its context goes to the endpoint."""
         owner = self._owner
-        origin_port = _port(target.url)
+        watch = ResponseWatch(strip_usage=self.strip_usage, clock=owner._clock)
+        call.watch = watch
+        name = model or self.request_model
+        parent = trace.set_span_in_context(self.span)
+        if not self.span.is_recording():
+            # Not sampled: no CLIENT span; the endpoint still gets the (unsampled) trace context.
+            propagate.inject(headers, context=parent)
+            return Attempt(self, trace.INVALID_SPAN, watch, target.name, name, call.route, owner._clock())
+        host, origin_port = _origin(target.url)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": self.operation,
             "gen_ai.provider.name": self.provider,
             "gen_ai.request.model": model or self.request_model,
-            "server.address": _host(target.url),
+            "server.address": host,
             "server.port": origin_port,
             "pier.endpoint": target.name,
             "pier.route.reason": call.route,
@@ -284,17 +300,11 @@ class RequestTrace:
             "pier.attempt": call.attempts + 1,
             **self.params,
         }
-        parent = trace.set_span_in_context(self.span)
         span = owner.tracer.start_span(
-            f"{self.operation} {model or self.request_model}",
-            context=parent,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
+            f"{self.operation} {name}", context=parent, kind=SpanKind.CLIENT, attributes=attributes
         )
         propagate.inject(headers, context=trace.set_span_in_context(span, parent))
-        watch = ResponseWatch(strip_usage=self.strip_usage, clock=owner._clock)
-        call.watch = watch
-        return Attempt(self, span, watch, target.name, model or self.request_model, call.route, owner._clock())
+        return Attempt(self, span, watch, target.name, name, call.route, owner._clock())
 
 
 TRACE_KEY: web.RequestKey[RequestTrace] = web.RequestKey("pier.trace", RequestTrace)  # for the proxy's hooks
@@ -359,8 +369,15 @@ class Attempt:
                 error_type = str(response.status)
         if answer.cut is not None:
             error_type = answer.cut
+        if span.is_recording():
+            self._finish_span(span, request, attrs, error_type, response is None)
+        self._record(now, ttfc, error_type)
+
+    def _finish_span(
+        self, span: trace.Span, request: web.Request, attrs: dict[str, Any], error_type: str | None, unanswered: bool
+    ) -> None:
         transport = request.transport
-        if error_type is None and (response is None or transport is None or transport.is_closing()):
+        if error_type is None and (unanswered or transport is None or transport.is_closing()):
             # The client left (before or during the answer): not the endpoint's failure, and not an error.
             attrs["pier.client.cancelled"] = True
         if error_type is not None:
@@ -368,6 +385,9 @@ class Attempt:
             span.set_status(Status(StatusCode.ERROR))
         span.set_attributes(attrs)
         span.end()
+
+    def _record(self, now: float, ttfc: float | None, error_type: str | None) -> None:
+        owner, answer = self._trace._owner, self.watch.answer
         metric: Attrs = (
             ("gen_ai.operation.name", self._trace.operation),
             ("gen_ai.provider.name", self._trace.provider),
@@ -390,13 +410,11 @@ def _reason(route: str) -> str:
     return route.split(";", 1)[0]
 
 
-def _host(url: str) -> str:
-    return urlsplit(url).hostname or ""
-
-
-def _port(url: str) -> int:
+@functools.lru_cache(maxsize=1024)
+def _origin(url: str) -> tuple[str, int]:
+    """`server.address` and `server.port` of an endpoint URL (few distinct URLs: cached)."""
     parts = urlsplit(url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def prometheus_handler(telemetry: Telemetry | None) -> Handler:

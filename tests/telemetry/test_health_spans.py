@@ -20,7 +20,7 @@ from shared import statestore
 from shared.config import build_config
 from shared.profiles import load_profiles
 from shared.state import EventKind
-from shared.tracecontext import consumer_span
+from shared.warmuptelemetry import WarmupTelemetry
 from tests.harness import ProcessFactory
 from tests.health.support import endpoint_entry, start_emulator
 
@@ -84,11 +84,24 @@ async def test_probe_spans_only_on_change_and_a_consumer_links_to_them(
     consumer = InMemorySpanExporter()
     consumer_provider = TracerProvider()
     consumer_provider.add_span_processor(SimpleSpanProcessor(consumer))
-    tracer = consumer_provider.get_tracer("pier.warmup")
-    with consumer_span(tracer, "warmup preload", [came_back[-1].traceparent], {"gen_ai.request.model": "ai/smollm2"}):
-        pass
+    warm_reader = InMemoryMetricReader()
+    warm_meters = MeterProvider(metric_readers=[warm_reader])
+    warm = WarmupTelemetry(tracer_provider=consumer_provider, meter_provider=warm_meters)
+    with warm.preload("ai/smollm2", "emu", [came_back[-1].traceparent, None]):
+        warm.loaded("ai/smollm2", "emu", 1.5, "ok")
     (preload,) = consumer.get_finished_spans()
+    assert preload.name == "warmup preload"
     assert preload.parent is None
+    assert preload.attributes is not None
+    assert preload.attributes["gen_ai.request.model"] == "ai/smollm2"
+    warm_data = warm_reader.get_metrics_data()
+    assert warm_data is not None
+    (load,) = [m for r in warm_data.resource_metrics for s in r.scope_metrics for m in s.metrics]
+    assert load.name == "pier.warmup.load.duration"
+    (point,) = load.data.data_points
+    assert isinstance(point, HistogramDataPoint)
+    assert (point.count, point.sum) == (1, 1.5)
+    warm_meters.shutdown()
     (link,) = preload.links
     assert back.context is not None
     assert (link.context.trace_id, link.context.span_id) == (back.context.trace_id, back.context.span_id)

@@ -16,6 +16,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind
 
 from services.router.server import make_runner
@@ -78,10 +79,10 @@ class Traced:
 
 
 def in_memory_telemetry(
-    *, capture_content: bool = False
+    *, capture_content: bool = False, sampler: Sampler | None = None
 ) -> tuple[Telemetry, InMemorySpanExporter, InMemoryMetricReader]:
     exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
+    tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
@@ -104,6 +105,8 @@ async def traced_router(
     *,
     entry: dict[str, Any] | None = None,
     wait_loaded: bool = False,
+    capture_content: bool = False,
+    sampler: Sampler | None = None,
 ) -> AsyncIterator[Traced]:
     """Emulators `(name, priority, args)`, the health worker, and a router in this process with in-memory telemetry."""
     started = {name: start_emulator(procs, name, *args) for name, _, args in emus}
@@ -112,7 +115,7 @@ async def traced_router(
     start_health(procs, redis_url, workdir, config_file)
     port = free_port()
     settings = RouterSettings(redis_url=redis_url, config_file=config_file, host="127.0.0.1", port=port)
-    telemetry, exporter, reader = in_memory_telemetry()
+    telemetry, exporter, reader = in_memory_telemetry(capture_content=capture_content, sampler=sampler)
     runner = make_runner(settings, settings.pier_config(), telemetry)
     await runner.setup()
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import openai
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.harness import ProcessFactory, wait_for
@@ -44,14 +45,14 @@ def children_of(parent: ReadableSpan, spans: list[ReadableSpan]) -> list[Readabl
     return [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
 
 
-def check_server(span: ReadableSpan, route: str, status: int) -> None:
+def check_server(span: ReadableSpan, route: str, status: int, path: str | None = None) -> None:
     assert span.name == route
     assert span.kind is SpanKind.SERVER
     a = attrs(span)
     method, template = route.split(" ", 1)
     assert a["http.request.method"] == method
     assert a["http.route"] == template
-    assert a["url.path"] == template
+    assert a["url.path"] == (path or template)
     assert a["url.scheme"] == "http"
     assert a["http.response.status_code"] == status
     assert span.status.status_code is (StatusCode.ERROR if status >= 500 else StatusCode.UNSET)
@@ -263,3 +264,39 @@ async def test_no_telemetry_means_no_spans_and_metrics_route_says_how(
     (record,) = [r for r in await stack.emu("e1").requests() if r["path"] == CHAT]
     assert "stream_options" not in record["body"]  # nothing injected when nothing is traced
     assert b'"usage"' not in raw
+
+
+async def test_unsampled_requests_make_no_spans_but_propagate_and_count(
+    procs: ProcessFactory, tmp_path: Path, redis_url: str
+) -> None:
+    async with traced_router(procs, tmp_path, redis_url, [("e1", 100, ())], sampler=ALWAYS_OFF) as traced:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(traced.url + CHAT, json=chat(MODEL, stream=True)) as resp,
+        ):
+            raw = await resp.read()
+        assert b'"usage"' not in raw  # usage still asked for (the metrics need it) and still stripped
+        assert traced.finished() == []
+        traceparent = await sent_traceparent(traced, "e1", CHAT)
+        assert int(traceparent.split("-")[3], 16) & 1 == 0  # the endpoint learns the trace is not sampled
+        tokens = {p.attributes["gen_ai.token.type"]: p for p in traced.metric_points("gen_ai.client.token.usage")}
+        assert tokens["output"].sum > 0
+
+
+async def test_prompt_content_only_when_opted_in_and_other_routes_are_traced(
+    procs: ProcessFactory, tmp_path: Path, redis_url: str
+) -> None:
+    async with traced_router(procs, tmp_path, redis_url, [("e1", 100, ())], capture_content=True) as traced:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(traced.url + CHAT, json=chat(MODEL)) as resp:
+                assert resp.status == 200
+            async with http.get(traced.url + "/internal/health") as resp:
+                assert resp.status == 200
+            async with http.get(traced.url + "/v1/models/nope") as resp:
+                assert resp.status == 404
+        (span,) = traced.client_spans()
+        assert json.loads(attrs(span)["gen_ai.input.messages"]) == chat(MODEL)["messages"]
+        names = sorted(s.name for s in traced.server_spans())
+        assert names == ["GET /internal/health", "GET /v1/models/{model}", CHAT_ROUTE]
+        (missing,) = [s for s in traced.server_spans() if s.name == "GET /v1/models/{model}"]
+        check_server(missing, "GET /v1/models/{model}", 404, "/v1/models/nope")  # the span name never has raw paths

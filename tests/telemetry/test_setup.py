@@ -105,3 +105,22 @@ def test_a_down_endpoint_counts_failed_exports(monkeypatch: pytest.MonkeyPatch) 
     telemetry.tracer_provider.force_flush(5000)
     assert telemetry.drops.export_failed == 10
     telemetry.shutdown(timeout_s=1.0)
+
+
+def test_json_logs_carry_the_active_trace() -> None:
+    import json
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from shared.logs import _JsonFormatter
+
+    formatter = _JsonFormatter()
+    record = logging.LogRecord("pier", logging.INFO, __file__, 1, "hello %s", ("there",), None)
+    assert "trace_id" not in json.loads(formatter.format(record))  # no span: no ids
+    tracer = TracerProvider().get_tracer("t")
+    with tracer.start_as_current_span("s") as span:
+        line = json.loads(formatter.format(record))
+    context = span.get_span_context()
+    assert line["msg"] == "hello there"
+    assert line["trace_id"] == f"{context.trace_id:032x}"
+    assert line["span_id"] == f"{context.span_id:016x}"

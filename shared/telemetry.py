@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from shared.fastmetrics import FastMetrics, export_through
+from shared.otlpencode import encode_spans
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,26 @@ class Telemetry:
             log.warning("telemetry: the collector did not take the last spans/metrics in %gs; dropped", timeout_s)
 
 
+def _span_exporter(endpoint: str) -> SpanExporter:
+    """The SDK's OTLP/HTTP span exporter (its transport: headers, TLS, compression, retries, timeout), with the
+    request body written by `shared.otlpencode` (a third of the SDK encoder's CPU per span; same bytes)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    class _Exporter(OTLPSpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            if self._shutdown:
+                return SpanExportResult.FAILURE
+            try:
+                body = encode_spans(spans)
+            except Exception:  # a span the encoder cannot write: the SDK's encoder takes this batch
+                log.exception("telemetry: could not encode a span batch; using the SDK's encoder")
+                return super().export(spans)
+            result = self._client.export(body)
+            return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+    return _Exporter(endpoint=endpoint)
+
+
 def resource_for(default_service: str) -> Resource:
     """`OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` as the SDK reads them; the service's default name
     when neither names the service."""
@@ -259,11 +280,9 @@ def setup(
             "pier.telemetry.spans.dropped", [telemetry.drops.observe], unit="{span}", description="spans not exported"
         )
     if env.traces_endpoint is not None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         # The sampler comes from OTEL_TRACES_SAMPLER(_ARG).
         provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        exporter = OTLPSpanExporter(endpoint=env.traces_endpoint)
+        exporter = _span_exporter(env.traces_endpoint)
         provider.add_span_processor(_CountingBatchProcessor(exporter, telemetry.drops, telemetry.meter_provider))
         telemetry.tracer_provider = provider
     if install_global:

@@ -87,7 +87,7 @@ def test_a_hanging_endpoint_never_blocks_and_drops_are_counted(
         started = time.perf_counter()
         tracer.start_span("s").end()
         worst_s = max(worst_s, time.perf_counter() - started)
-    assert worst_s < 0.05  # ending a span never waits for the exporter
+    assert worst_s < 0.5  # ending a span never waits for the exporter (stuck for its 2 s timeout per batch)
     # The worker took at most one batch (stuck on the endpoint); the queue holds 2048; the rest was dropped.
     assert telemetry.drops.queue_full >= 3000 - 2048 - 512
     started = time.perf_counter()

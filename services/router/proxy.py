@@ -194,7 +194,7 @@ class Proxy:
                 model = sniff_model(body)
                 if model is None:
                     data, model = parse_body(body)
-            traced: RequestTrace | None = request[TRACE_KEY] if self._traced else None
+            traced: RequestTrace | None = request.get(TRACE_KEY) if self._traced else None
             if traced is not None:
                 body, data = traced.request_in(anthropic, op, body, data, model)
             decision = self._decisions.decide(state.table, model, engine, anthropic)

@@ -1,10 +1,14 @@
-"""Logging set-up shared by the services: one line per record, text or JSON."""
+"""Logging set-up shared by the services: one line per record, text or JSON (`PIER_LOG_FORMAT`).
+
+JSON lines carry `trace_id` and `span_id` when a span is active, so logs and traces join in Grafana."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+
+from opentelemetry import trace
 
 
 class _JsonFormatter(logging.Formatter):
@@ -15,6 +19,11 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # Loki and Tempo join on these: the active span's ids, when a sampled span is active.
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            payload["trace_id"] = f"{context.trace_id:032x}"
+            payload["span_id"] = f"{context.span_id:016x}"
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload)

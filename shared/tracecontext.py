@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from opentelemetry import propagate
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace import Link
+from opentelemetry.util.types import AttributeValue
 
 
 def current_traceparent() -> str | None:
@@ -17,3 +22,31 @@ def context_from(traceparent: str | None) -> Context | None:
     if not traceparent:
         return None
     return propagate.extract({"traceparent": traceparent})
+
+
+def links_to(*traceparents: str | None) -> list[Link]:
+    """Span links to the producers of Redis events (their `traceparent`s); invalid or missing ones are skipped.
+
+    A consumer starts its own trace and links to the producer's, so a slow consumer never stretches the
+    producer's trace, and one span may follow several events.
+    """
+    links: list[Link] = []
+    for traceparent in traceparents:
+        context = context_from(traceparent)
+        if context is None:
+            continue
+        span_context = trace.get_current_span(context).get_span_context()
+        if span_context.is_valid:
+            links.append(Link(span_context, {"pier.link": "redis event"}))
+    return links
+
+
+def consumer_span(
+    tracer: trace.Tracer, name: str, traceparents: Iterable[str | None], attributes: Mapping[str, AttributeValue]
+) -> AbstractContextManager[trace.Span]:
+    """`with consumer_span(tracer, "warmup preload", [event.traceparent], {...}):` a CONSUMER-side span of work
+    an event caused, linked to the event's producer, current while the block runs (its writes carry its
+    traceparent on)."""
+    return tracer.start_as_current_span(
+        name, kind=trace.SpanKind.INTERNAL, attributes=attributes, links=links_to(*traceparents)
+    )

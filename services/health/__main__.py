@@ -12,6 +12,7 @@ from shared.lifecycle import install_uvloop, run_worker
 from shared.liveness import check
 from shared.logs import setup_logging
 from shared.startup import load_or_exit, report_ignored
+from shared.telemetry import setup
 
 SERVICE = "health"
 
@@ -34,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     config = load_or_exit(settings.pier_config)
     report_ignored(config)
     install_uvloop()
-    asyncio.run(_serve(settings, config))
+    telemetry = setup("pier-health")
+    try:
+        asyncio.run(_serve(settings, config))
+    finally:
+        telemetry.shutdown()  # spans still queued leave now (bounded)
     return 0
 
 

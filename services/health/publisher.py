@@ -43,6 +43,10 @@ class Publisher:
         self._last = dict(snapshot.endpoints)
         self._stale = set(snapshot.expired)
 
+    def would_announce(self, state: EndpointState) -> bool:
+        """Would publishing `state` announce a change (so the probe deserves a span)?"""
+        return bool(changes(self._last.get(state.name), state))
+
     async def publish(self, state: EndpointState) -> list[Event]:
         """Write `state` (with its TTL) and publish an event for each real change. Returns the events.
 

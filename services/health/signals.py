@@ -20,8 +20,8 @@ BLOCK_MS = 5000
 _RETRY_S = 1.0
 
 
-def endpoint_down(fields: dict[str, Any]) -> tuple[str, float] | None:
-    """(endpoint, when) of an `ENDPOINT_DOWN` signal, or None for any other (or malformed) entry."""
+def endpoint_down(fields: dict[str, Any]) -> tuple[str, float, str | None] | None:
+    """(endpoint, when, traceparent) of an `ENDPOINT_DOWN` signal, or None for any other (or malformed) entry."""
     raw = fields.get("event")
     if not isinstance(raw, str):
         return None
@@ -29,11 +29,12 @@ def endpoint_down(fields: dict[str, Any]) -> tuple[str, float] | None:
         event = Event.model_validate_json(raw)
     except ValidationError:
         return None
-    return (event.endpoint, event.at) if event.kind is EventKind.ENDPOINT_DOWN else None
+    return (event.endpoint, event.at, event.traceparent) if event.kind is EventKind.ENDPOINT_DOWN else None
 
 
-async def follow_signals(redis: RedisClient, poke: Callable[[str, float], bool]) -> None:
-    """Tail the signal stream from now on; `poke(endpoint, reported_at)` for each report. Runs until cancelled."""
+async def follow_signals(redis: RedisClient, poke: Callable[[str, float, str | None], bool]) -> None:
+    """Tail the signal stream from now on; `poke(endpoint, reported_at, traceparent)` for each report. Runs
+    until cancelled."""
     position: str | None = None
     while position is None:
         try:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from redis.exceptions import RedisError
 
 from services.health.fetch import Fetcher
@@ -30,6 +30,8 @@ from shared.lease import Lease
 from shared.liveness import record_instance_id
 from shared.state import EndpointState, Event, EventKind
 from shared.statestore import RedisClient
+from shared.telemetry import HTTP_BUCKETS
+from shared.tracecontext import links_to
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class HealthWorker:
         redis: RedisClient | None = None,
         config: PierConfig | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.settings = settings
         self.config = config if config is not None else settings.pier_config()
@@ -59,6 +62,14 @@ class HealthWorker:
         self._lease = Lease(self._redis, keys.HEALTH_LEASE, self.instance_id, ttl_s=settings.lease_ttl_s)
         # The global provider unless one is given (tests); a no-op until telemetry is configured.
         self._tracer = trace.get_tracer("pier.health", tracer_provider=tracer_provider)
+        meter = metrics.get_meter("pier.health", meter_provider=meter_provider)
+        self._probe_duration = meter.create_histogram(
+            "pier.health.probe.duration",
+            unit="s",
+            description="Duration of one endpoint probe.",
+            explicit_bucket_boundaries_advisory=HTTP_BUCKETS,
+        )
+        self._reported: dict[str, str] = {}  # endpoint -> traceparent of the router request that reported it down
         self._fetcher: Fetcher | None = None
         self._prober: Prober | None = None
         self._states: dict[str, EndpointState] = {}
@@ -147,33 +158,52 @@ class HealthWorker:
         return self._prober
 
     async def _tick(self, endpoint: Endpoint) -> float:
-        """Probe one endpoint, publish its state and events; return the wait before its next probe."""
+        """Probe one endpoint, publish its state and events; return the wait before its next probe.
+
+        A span only for a probe that changed something (200 endpoints probed every second must not flood
+        the exporter); it starts when the probe did, and the events it publishes carry its traceparent.
+        """
         prober = self._ensure_prober()
-        attributes = {"pier.endpoint.name": endpoint.name, "url.full": endpoint.url + endpoint.health_check_path}
-        with self._tracer.start_as_current_span(
-            "health probe", kind=trace.SpanKind.CLIENT, attributes=attributes
-        ) as span:
-            now = time.time()
-            previous = self._states.get(endpoint.name)
-            plan = plan_for(previous, self._full_read_at.get(endpoint.name), now)
-            result = await prober.probe(endpoint, plan)
-            if plan.full and result.status.routable:
-                self._full_read_at[endpoint.name] = now
-            decision = next_state(
-                endpoint,
-                previous,
-                result,
-                now=time.time(),
-                writer=self.instance_id,
-                max_backoff_s=self.settings.max_backoff_s,
+        started_ns = time.time_ns()
+        started = time.perf_counter()
+        now = time.time()
+        previous = self._states.get(endpoint.name)
+        plan = plan_for(previous, self._full_read_at.get(endpoint.name), now)
+        result = await prober.probe(endpoint, plan)
+        if plan.full and result.status.routable:
+            self._full_read_at[endpoint.name] = now
+        decision = next_state(
+            endpoint,
+            previous,
+            result,
+            now=time.time(),
+            writer=self.instance_id,
+            max_backoff_s=self.settings.max_backoff_s,
+        )
+        state = decision.state
+        self._states[endpoint.name] = state
+        status = state.status.value
+        self._probe_duration.record(
+            time.perf_counter() - started, {"pier.endpoint": endpoint.name, "pier.status": status}
+        )
+        span: trace.Span | None = None
+        if self._publisher.would_announce(state):
+            attributes = {
+                "pier.endpoint.name": endpoint.name,
+                "url.full": endpoint.url + endpoint.health_check_path,
+                "pier.endpoint.status": status,
+                "pier.endpoint.previous_status": previous.status.value if previous is not None else "",
+            }
+            links = links_to(self._reported.pop(endpoint.name, None))
+            span = self._tracer.start_span(
+                "health probe", kind=trace.SpanKind.CLIENT, start_time=started_ns, attributes=attributes, links=links
             )
-            self._states[endpoint.name] = decision.state
-            span.set_attribute("pier.endpoint.status", decision.state.status.value)
+        with trace.use_span(span, end_on_exit=True) if span is not None else contextlib.nullcontext():
             try:
                 # Bounded: the Redis client has no read timeout (blocking XREADs need none), and a hung
                 # Redis must not stall this endpoint's probing. A write that times out may still land.
                 async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
-                    events = await self._publisher.publish(decision.state)
+                    events = await self._publisher.publish(state)
             except (RedisError, OSError, TimeoutError) as exc:
                 # One warning per Redis outage, not one per probe of every endpoint.
                 level = logging.DEBUG if self._publish_failing else logging.WARNING
@@ -186,6 +216,16 @@ class HealthWorker:
         for event in events:
             _log_event(event)
         return decision.next_delay_s
+
+    def _on_signal(self, name: str, reported_at: float, traceparent: str | None) -> bool:
+        """A router reported `name` down: probe it now; the probe's span (if it changes something) links to
+        the router's request that failed."""
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.poke(name, reported_at):
+            return False
+        if traceparent:
+            self._reported[name] = traceparent
+        return True
 
     # ---- heartbeat and lease --------------------------------------------------------------------------
 
@@ -268,7 +308,7 @@ class HealthWorker:
             await self._sources.first_sync()  # before pruning: discovered endpoints are not "gone"
             await self._apply_table(prune=True)
             async with asyncio.TaskGroup() as group:
-                group.create_task(follow_signals(self._redis, scheduler.poke), name="signals")
+                group.create_task(follow_signals(self._redis, self._on_signal), name="signals")
                 group.create_task(self._sources.follow(self._apply_table), name="sources")
         finally:
             self._scheduler = None

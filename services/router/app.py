@@ -25,8 +25,10 @@ from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.statecache import StateCache
 from services.router.status import MANAGEMENT, StatusRoutes
+from services.router.telemetry import RouterTelemetry, prometheus_handler
 from shared.config import PierConfig
 from shared.h1client import UpstreamPool
+from shared.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +101,24 @@ def add_fallback(router: web.UrlDispatcher, max_header_bytes: int) -> None:
     catch_all.add_route("*", guarded(nowhere, max_header_bytes))
 
 
-def add_routes(app: web.Application, proxy: Proxy, status: StatusRoutes, max_header_bytes: int) -> None:
+def add_routes(
+    app: web.Application,
+    proxy: Proxy,
+    status: StatusRoutes,
+    max_header_bytes: int,
+    telemetry: RouterTelemetry | None = None,
+    metrics: Handler | None = None,
+) -> None:
     router = app.router
 
+    def traced(handler: Handler) -> Handler:
+        return handler if telemetry is None else telemetry.wrap(handler)
+
     def add(method: str, path: str, handler: Handler) -> None:
-        router.add_route(method, path, guarded(handler, max_header_bytes))
+        router.add_route(method, path, traced(guarded(handler, max_header_bytes)))
 
     def add_inference(path: str, handler: Handler) -> None:
-        router.add_route("POST", path, handler)  # guarded by `Proxy.forward` itself
+        router.add_route("POST", path, traced(handler))  # guarded by `Proxy.forward` itself
 
     for prefix in PREFIXES:
         for op in OPS:
@@ -138,13 +150,19 @@ def add_routes(app: web.Application, proxy: Proxy, status: StatusRoutes, max_hea
     add("GET", "/internal/status", status.status)
     add("GET", "/internal/status/endpoints", status.endpoints)
     add("GET", "/internal/status/models", status.models_status)
+    if metrics is not None:
+        add("GET", "/internal/metrics", metrics)
     add("GET", "/version", status.version)
     add("GET", "/", status.root)
     add_fallback(router, max_header_bytes)  # last: it takes any path
 
 
-def build_app(settings: RouterSettings, config: PierConfig) -> web.Application:
-    """The router app for one process; its resources start with the app and close with it."""
+def build_app(settings: RouterSettings, config: PierConfig, telemetry: Telemetry | None = None) -> web.Application:
+    """The router app for one process; its resources start with the app and close with it.
+
+    `telemetry`: this process's providers (`shared.telemetry.setup`); None or nothing configured: no spans,
+    no metrics, and the request path pays one attribute check.
+    """
     # aiohttp rejects a body of exactly client_max_size, so allow one more byte: the limit is inclusive.
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
     runtime = Runtime()
@@ -155,6 +173,10 @@ def build_app(settings: RouterSettings, config: PierConfig) -> web.Application:
     app[CONFIG] = config
     app[RUNTIME] = runtime
     app[CIRCUITS] = circuits
+    observed: RouterTelemetry | None = None
+    if telemetry is not None and telemetry.enabled:
+        observed = RouterTelemetry(telemetry, runtime, circuits, lambda: app.get(STATE), port=settings.port)
+        proxy.bind_telemetry(True)
 
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         # Bytes pass through as the endpoint encoded them; no cookies are kept; no proxy from the environment.
@@ -198,5 +220,5 @@ def build_app(settings: RouterSettings, config: PierConfig) -> web.Application:
 
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(state_ctx)
-    add_routes(app, proxy, status, settings.max_header_bytes)
+    add_routes(app, proxy, status, settings.max_header_bytes, observed, prometheus_handler(telemetry))
     return app

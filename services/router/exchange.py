@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -33,6 +34,9 @@ from services.router.settings import RouterSettings
 from services.router.table import Target
 from shared.h1 import Framing
 from shared.h1client import BadResponse, Origin, UpstreamDisconnected, UpstreamPool, UpstreamResponse
+
+if TYPE_CHECKING:
+    from services.router.usage import ResponseWatch
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ class Call:
     model: str  # `model` as the client sent it
     attempts: int = 0
     leg: Leg | None = None  # Anthropic routes: passthrough or translation (services.router.anthropic_bridge)
+    watch: ResponseWatch | None = None  # telemetry on: reads the answer as it passes (services/router/telemetry.py)
 
 
 class Exchanger:
@@ -234,7 +239,14 @@ class Exchanger:
         if prefix:
             ready = prefix + ready
         complete = broken is None and upstream.at_eof()
-        if complete and not framed_by_length and upstream.status not in _NO_BODY_STATUSES:
+        watch = call.watch
+        if watch is not None:  # telemetry: reads the answer; may strip the usage chunk Pier asked for
+            watch.head(upstream.status, upstream.headers.get("Content-Type", ""), headers)
+            ready = watch.feed(ready)
+            if complete:
+                ready += watch.end()
+        unframed = not framed_by_length or "Content-Length" not in headers
+        if complete and unframed and upstream.status not in _NO_BODY_STATUSES:
             out.content_length = len(ready)  # all of it is here: its own length rather than chunks
         finished = False
         try:
@@ -258,10 +270,14 @@ class Exchanger:
                     return out
                 if not chunk:
                     break
+                if watch is not None:
+                    chunk = watch.feed(chunk)
+                    if not chunk:
+                        continue  # all of it held back or stripped (telemetry's usage chunk)
                 await out.write(chunk)
             finished = True
             upstream.release()
-            await out.write_eof()
+            await out.write_eof(b"" if watch is None else watch.end())
         except ConnectionError:
             # The client went away: closing the upstream response (below) stops the generation at once.
             pass
@@ -281,6 +297,8 @@ class Exchanger:
         """The endpoint broke off an answer already under way: no retry; the client must see an error."""
         upstream.close()
         self._circuits.failure(target.name, "stream cut")
+        if call.watch is not None:
+            call.watch.cut("stream_cut")
         log.warning("endpoint %s cut a response already under way (%s): %s", target.name, call.request_id, exc)
         message = f"endpoint {target.name} cut the response: {_describe(exc)}"
         if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):

@@ -45,6 +45,7 @@ from services.router.routing import Decision, RouteError
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.table import Target
+from services.router.telemetry import TRACE_KEY, RequestTrace
 from shared import jsontext
 from shared.config import PierConfig
 from shared.h1client import origin_of
@@ -144,6 +145,10 @@ class Proxy:
         self._state: StateCache | None = None
         self._exchanger: Exchanger | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._traced = False  # telemetry on: the app wraps each route in a span and stores a RequestTrace
+
+    def bind_telemetry(self, traced: bool) -> None:
+        self._traced = traced
 
     def bind_state(self, state: StateCache | None) -> None:
         self._state = state
@@ -189,6 +194,9 @@ class Proxy:
                 model = sniff_model(body)
                 if model is None:
                     data, model = parse_body(body)
+            traced: RequestTrace | None = request.get(TRACE_KEY) if self._traced else None
+            if traced is not None:
+                body, data = traced.request_in(anthropic, op, body, data, model)
             decision = self._decisions.decide(state.table, model, engine, anthropic)
             if decision.error is not None or decision.all_full:
                 decision = await self._wait_for_room(loop, decision, model, engine, anthropic)
@@ -226,12 +234,13 @@ class Proxy:
                     base_headers = upstream_headers(request.headers, request_id)
                 headers = with_endpoint_headers(base_headers, target.headers)
                 runtime.acquire(name)
+                attempt = traced.attempt_start(call, target, sent_model, headers) if traced is not None else None
                 try:
                     if anthropic:
                         assert data is not None
                         count = api is Api.ANTHROPIC_COUNT
                         legs = self._anthropic.legs(target, count, data, send, upstream_model or model or "", query)
-                        return await self._anthropic.exchange(
+                        response = await self._anthropic.exchange(
                             exchanger,
                             call,
                             target,
@@ -240,20 +249,26 @@ class Proxy:
                             sent_model,
                             shield_load=_may_be_loading(target, sent_model),
                         )
-                    path = _path(target, op, engine)
-                    if query:
-                        path = f"{path}?{query}"
-                    return await exchanger.exchange(
-                        call,
-                        target,
-                        origin_of(target.url),
-                        path,
-                        headers,
-                        send,
-                        sent_model,
-                        shield_load=_may_be_loading(target, sent_model),
-                    )
+                    else:
+                        path = _path(target, op, engine)
+                        if query:
+                            path = f"{path}?{query}"
+                        response = await exchanger.exchange(
+                            call,
+                            target,
+                            origin_of(target.url),
+                            path,
+                            headers,
+                            send,
+                            sent_model,
+                            shield_load=_may_be_loading(target, sent_model),
+                        )
+                    if attempt is not None:
+                        attempt.answered(response)
+                    return response
                 except Failover as exc:
+                    if attempt is not None:
+                        attempt.failed(exc.error)
                     last = exc.error
                     runtime.count("failovers")
                     log.warning("endpoint %s failed before answering (%s): %s", name, request_id, exc.error.message)
@@ -262,6 +277,8 @@ class Proxy:
                 finally:
                     runtime.release(name)
                     circuits.settle(name)
+                    if attempt is not None:
+                        attempt.end(request)
             raise self._exhausted(call, decision, last, refused)
         except Exception as exc:
             return answer_error(request, exc)

@@ -37,6 +37,7 @@ from services.router.errors import (
 from services.router.settings import RouterSettings
 from shared.config import PierConfig
 from shared.lifecycle import install_uvloop
+from shared.telemetry import Telemetry, setup
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,10 @@ class _Runner(web.AppRunner):
         )
 
 
-def make_runner(settings: RouterSettings, config: PierConfig) -> web.AppRunner:
+def make_runner(settings: RouterSettings, config: PierConfig, telemetry: Telemetry | None = None) -> web.AppRunner:
     """The app runner with the router's server options (also used by in-process tests)."""
     return _Runner(
-        build_app(settings, config),
+        build_app(settings, config, telemetry),
         # A client that goes away cancels its handler, which closes the upstream request at once.
         handler_cancellation=True,
         shutdown_timeout=settings.drain_timeout_s,
@@ -113,7 +114,9 @@ async def serve(settings: RouterSettings, config: PierConfig, *, reuse_port: boo
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = make_runner(settings, config)
+    # Per serving process (after the fork when there are several): exporter threads do not survive a fork.
+    telemetry = setup("pier-router", prometheus=settings.prometheus_metrics)
+    runner = make_runner(settings, config, telemetry)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024)
@@ -126,6 +129,7 @@ async def serve(settings: RouterSettings, config: PierConfig, *, reuse_port: boo
         log.info("stopping: draining for up to %gs", settings.drain_timeout_s)
     finally:
         await runner.cleanup()
+        telemetry.shutdown()  # what is still queued leaves now (bounded: FLUSH_TIMEOUT_S)
         log.info("router stopped (pid %s)", os.getpid())
 
 

@@ -53,6 +53,8 @@ class RouterSettings(CommonSettings):
     # PIER_ANTHROPIC_PING_INTERVAL_S: a translated Anthropic stream sends a `ping` event after this long without
     # a chunk from the endpoint (a slow first token), so clients' and proxies' read timeouts do not fire.
     anthropic_ping_interval_s: Seconds = Field(default=10.0, gt=0)
+    # PIER_PROMETHEUS_METRICS: serve the router's OpenTelemetry metrics at GET /internal/metrics (Prometheus text).
+    prometheus_metrics: bool = False
     # PIER_CHECK_TIMEOUT_S: how long `--check` waits for /internal/health.
     check_timeout_s: Seconds = Field(default=3.0, gt=0)
     # PIER_ROUTE_WARM_ACROSS_TIERS: prefer an endpoint of a lower priority where the model is loaded over a

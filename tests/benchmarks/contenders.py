@@ -107,26 +107,27 @@ def nginx_proxy(procs: ProcessFactory, workdir: Path, up: Upstreams, cores: Core
     )
 
 
-def minimal_proxy(procs: ProcessFactory, up: Upstreams, cores: Cores) -> Target:
+def minimal_proxy(procs: ProcessFactory, up: Upstreams, cores: Cores, *, stream_all: bool = False) -> Target:
+    """`minimal`: the floor (one Response for a sized JSON body); `stream_all`: the old floor that streams all."""
+    name = "minimal-streaming" if stream_all else "minimal"
     ports = {"json": free_port(), "sse": free_port()}
     pids = []
     for kind, base in (("json", up.json_base), ("sse", up.sse_base)):
+        argv = ["--port", str(ports[kind]), "--upstream", base, *(["--stream-all"] if stream_all else [])]
         proc = procs.start(
-            f"minimal-{kind}",
-            pinned(
-                cores.proxy,
-                python_module("tests.benchmarks.minimal_proxy", "--port", str(ports[kind]), "--upstream", base),
-            ),
+            f"{name}-{kind}",
+            pinned(cores.proxy, python_module("tests.benchmarks.minimal_proxy", *argv)),
             port=ports[kind],
             ready=lambda p: port_open(p.port or 0),
         )
         pids.append(proc.pid)
+    what = "streams every answer (the old floor)" if stream_all else "one Response for a sized body: the Python floor"
     return Target(
-        name="minimal",
+        name=name,
         json_url=f"http://127.0.0.1:{ports['json']}{DMR_CHAT_PATH}",
         sse_url=f"http://127.0.0.1:{ports['sse']}{DMR_CHAT_PATH}",
         roots=pids,
-        description="minimal aiohttp proxy (tests/benchmarks/minimal_proxy.py): the Python floor",
+        description=f"minimal aiohttp proxy (tests/benchmarks/minimal_proxy.py), {what}",
     )
 
 

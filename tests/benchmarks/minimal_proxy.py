@@ -1,9 +1,12 @@
 """The Python floor: the smallest reasonable aiohttp reverse proxy, for Pier to be measured against.
 
-One shared ClientSession with keep-alive, uvloop, the body relayed with `iter_any()` as it arrives, no
-routing, no logging. Pier does more work per request than this; the targets ask it to cost no more.
+One shared ClientSession with keep-alive, uvloop, no routing, no logging. A body with a Content-Length that is
+not an event stream is answered in one `web.Response(body=await upstream.read())`; SSE and bodies of unknown
+length are relayed with `iter_any()` as they arrive. `--stream-all` streams every answer (prepare, `iter_any`,
+`write_eof`): the old floor, kept as the `minimal-streaming` row. Pier does more work per request than this;
+the targets ask it to cost no more.
 
-    python -m tests.benchmarks.minimal_proxy --port 8080 --upstream http://127.0.0.1:8081
+    python -m tests.benchmarks.minimal_proxy --port 8080 --upstream http://127.0.0.1:8081 [--stream-all]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ HOP_BY_HOP = frozenset(
 )
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", ClientSession)
+STREAM_ALL = web.AppKey("stream_all", bool)
 
 
 async def relay(request: web.Request) -> web.StreamResponse:
@@ -27,10 +31,11 @@ async def relay(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     url = request.app[UPSTREAM] + request.path_qs
     async with request.app[SESSION].request(request.method, url, headers=headers, data=body) as upstream:
-        reply = web.StreamResponse(
-            status=upstream.status,
-            headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP},
-        )
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        if upstream.content_length is not None and not sse and not request.app[STREAM_ALL]:
+            return web.Response(status=upstream.status, headers=out_headers, body=await upstream.read())
+        reply = web.StreamResponse(status=upstream.status, headers=out_headers)
         if upstream.content_length is not None:
             reply.content_length = upstream.content_length
         await reply.prepare(request)
@@ -48,9 +53,10 @@ async def session_context(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def build_app(upstream: str) -> web.Application:
+def build_app(upstream: str, *, stream_all: bool = False) -> web.Application:
     app = web.Application()
     app[UPSTREAM] = upstream.rstrip("/")
+    app[STREAM_ALL] = stream_all
     app.cleanup_ctx.append(session_context)
     app.router.add_route("*", "/{tail:.*}", relay)
     return app
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8081")
+    parser.add_argument("--stream-all", action="store_true", help="stream every answer (the old floor)")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -67,7 +74,13 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
-    web.run_app(build_app(args.upstream), host="127.0.0.1", port=args.port, access_log=None, print=None)
+    web.run_app(
+        build_app(args.upstream, stream_all=args.stream_all),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=None,
+    )
 
 
 if __name__ == "__main__":

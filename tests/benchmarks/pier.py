@@ -30,11 +30,28 @@ class PierSetting:
     note: str = ""
 
 
+_OTEL_ON = {"OTEL_SDK_DISABLED": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": "{otlp_url}"}
+
 PIER_SETTINGS: tuple[PierSetting, ...] = (
     PierSetting("pier", {}, note="telemetry off"),
-    # Telemetry on, 100 % sampled, exported to the suite's local OTLP receiver. Pier emits no telemetry yet:
-    # when it does, uncomment this line (with the env names it reads); nothing else needs to change.
-    # PierSetting("pier-otel", {"PIER_TELEMETRY": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "{otlp_url}", "OTEL_TRACES_SAMPLER": "always_on"}, note="telemetry on, 100 % sampled"),  # noqa: E501
+    # Every request traced and exported (traces and metrics) to the suite's local OTLP receiver, plus the
+    # Prometheus scrape endpoint's instruments: the whole cost of telemetry on.
+    PierSetting(
+        "pier-otel",
+        {**_OTEL_ON, "OTEL_TRACES_SAMPLER": "always_on", "PIER_PROMETHEUS_METRICS": "true"},
+        note="telemetry on, 100 % sampled, OTLP + Prometheus metrics",
+    ),
+    # The same with 10 % of new traces sampled (metrics still record every request).
+    PierSetting(
+        "pier-otel-10",
+        {
+            **_OTEL_ON,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            "PIER_PROMETHEUS_METRICS": "true",
+        },
+        note="telemetry on, parentbased_traceidratio 0.1",
+    ),
     PierSetting("pier-workers2", {"PIER_WORKERS": "2"}, cores="both", note="PIER_WORKERS=2, unpinned (2 cores)"),
 )
 

@@ -89,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.endpoints:
                 endpoints = [(f"ep{i:03d}", up.json_base) for i in range(args.endpoints)]
             pier_stack = stack.enter_context(
-                pier.stack(procs, workdir / "pier", cores, endpoints, check_interval="5s" if args.endpoints else "3s")
+                pier.stack(
+                    procs,
+                    workdir / "pier",
+                    cores,
+                    endpoints,
+                    check_interval="5s" if args.endpoints else "3s",
+                    # A telemetry setting exports to the local OTLP receiver, as in the suite.
+                    otlp=any("{otlp_url}" in value for value in setting.env.values()),
+                )
             )
             target = pier_stack.router(setting)
         script = wrk.write_script(workdir / "post.lua", JSON_BODY)

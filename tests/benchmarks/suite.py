@@ -22,7 +22,7 @@ from tests.benchmarks.layout import JSON_BODY, Cores, Target, base_env
 from tests.benchmarks.nginx import SSE_PATH
 from tests.harness import ROOT, ProcessFactory
 
-ALL = ("direct", "nginx", "minimal", "litellm", *(s.name for s in pier.PIER_SETTINGS))
+ALL = ("direct", "nginx", "minimal", "minimal-streaming", "litellm", *(s.name for s in pier.PIER_SETTINGS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +101,8 @@ def _start_all(
         targets.append(contenders.nginx_proxy(procs, workdir, up, cores))
     if _wanted("minimal", opts):
         targets.append(contenders.minimal_proxy(procs, up, cores))
+    if _wanted("minimal-streaming", opts):
+        targets.append(contenders.minimal_proxy(procs, up, cores, stream_all=True))
     if _wanted("litellm", opts):
         try:
             binary = litellm_env.ensure_venv(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.benchmarks import report, wrk
 from tests.benchmarks.layout import DMR_CHAT_PATH, JSON_BODY, python_module
@@ -79,12 +80,14 @@ def test_wrk_reports_requests_and_status_errors(procs: ProcessFactory, tmp_path:
     assert missing.non_2xx == missing.requests  # every answer was a 404
 
 
-async def test_minimal_proxy_relays_body_and_streams(procs: ProcessFactory) -> None:
+@pytest.mark.parametrize("stream_all", [False, True], ids=["minimal", "minimal-streaming"])
+async def test_minimal_proxy_relays_body_and_streams(procs: ProcessFactory, stream_all: bool) -> None:
     upstream = _paced(procs, "--events", "3", "--interval-ms", "1")
     port = free_port()
+    extra = ["--stream-all"] if stream_all else []
     procs.start(
         "minimal",
-        python_module("tests.benchmarks.minimal_proxy", "--port", str(port), "--upstream", upstream),
+        python_module("tests.benchmarks.minimal_proxy", "--port", str(port), "--upstream", upstream, *extra),
         port=port,
         ready=lambda p: port_open(port),
     )
@@ -111,12 +114,13 @@ def test_report_checks_the_targets_as_ratios() -> None:
         }
 
     results = {
-        "targets": {"direct": {}, "minimal": {}, "litellm": {}, "pier": {}},
+        "targets": {"direct": {}, "minimal": {}, "litellm": {}, "pier": {}, "pier-otel": {}},
         "rounds": [
             round_of("direct", 0, 0, 50_000, 20, 0.3),
             round_of("minimal", 0, 300, 3000, 220, 0.5),
             round_of("litellm", 0, 19_000, 50, 20_020, 20.3),
             round_of("pier", 0, 290, 2500, 250, 0.52),
+            round_of("pier-otel", 0, 400, 2000, 260, 0.53),  # 290 / 400 = 0.725x per core
         ],
     }
     summary = report.summarise(results)
@@ -126,7 +130,9 @@ def test_report_checks_the_targets_as_ratios() -> None:
     assert checks["Pier throughput vs LiteLLM"].passed is True  # 50x
     assert checks["Pier added p50 (c=1) vs minimal proxy"].passed is True  # 230 / 200 = 1.15
     assert checks["Pier added TTFB (stream) vs minimal proxy"].passed is True  # 0.22 / 0.2 = 1.1
-    assert checks["Pier telemetry on (100 %) vs off, throughput"].passed is None  # not measured
+    assert checks["Pier telemetry on (100 %) vs off, req/s per core"].passed is True
+    assert checks["Pier telemetry on (100 %) vs off, req/s per core"].measured == pytest.approx(0.725)
+    assert checks["Pier telemetry 10 % sampled vs off, req/s per core"].passed is None  # not measured
 
 
 def test_hot_spots_counts_self_and_inclusive_samples(tmp_path: Path) -> None:

@@ -1,0 +1,176 @@
+"""OTLP trace export requests written straight to protobuf bytes.
+
+Why: the OpenTelemetry exporter builds a protobuf object per span, attribute and value in Python, about 95 µs
+per span here: with every request traced, more CPU than the router's whole request. Writing the wire format
+directly (the same bytes, field by field) costs a fraction of that. A test decodes both encodings with the
+official `ExportTraceServiceRequest` and compares them.
+
+Wire format: opentelemetry/proto/collector/trace/v1/trace_service.proto and trace/v1/trace.proto.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+
+_PACK_Q = struct.Struct("<Q").pack
+_PACK_D = struct.Struct("<d").pack
+_PACK_I = struct.Struct("<I").pack
+_KIND = {
+    SpanKind.INTERNAL: 1,
+    SpanKind.SERVER: 2,
+    SpanKind.CLIENT: 3,
+    SpanKind.PRODUCER: 4,
+    SpanKind.CONSUMER: 5,
+}
+_STATUS = {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}
+_HAS_REMOTE_PARENT_MASK = 0x100
+_IS_REMOTE_MASK = 0x200
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _len(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _str(field: int, text: str) -> bytes:
+    return _len(field, text.encode("utf-8"))
+
+
+def _any_value(value: Any) -> bytes:
+    if isinstance(value, str):
+        return _str(1, value)
+    if isinstance(value, bool):
+        return b"\x10" + (b"\x01" if value else b"\x00")
+    if isinstance(value, int):
+        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+    if isinstance(value, float):
+        return b"\x21" + _PACK_D(value)
+    if isinstance(value, bytes):
+        return _len(7, value)
+    if isinstance(value, Sequence):
+        return _len(5, b"".join(_len(1, _any_value(item)) for item in value))
+    return _str(1, str(value))
+
+
+_KV_CACHE: dict[tuple[str, Any], bytes] = {}
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    """One `KeyValue` as field 9-style repeated entry payload (cached: most attribute pairs repeat)."""
+    try:
+        cached = _KV_CACHE.get((key, value))
+    except TypeError:  # an unhashable value (a list)
+        cached = None
+        hashable = False
+    else:
+        hashable = True
+    if cached is not None:
+        return cached
+    encoded = _str(1, key) + _len(2, _any_value(value))
+    if hashable and len(_KV_CACHE) < 65536:
+        _KV_CACHE[(key, value)] = encoded
+    return encoded
+
+
+def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
+    if not attributes:
+        return b""
+    return b"".join(_len(field, _key_value(key, value)) for key, value in attributes.items())
+
+
+def _span(span: ReadableSpan) -> bytes:
+    context = span.context
+    assert context is not None
+    parts = [
+        _len(1, context.trace_id.to_bytes(16, "big")),
+        _len(2, context.span_id.to_bytes(8, "big")),
+    ]
+    if context.trace_state:
+        parts.append(_str(3, context.trace_state.to_header()))
+    parent = span.parent
+    flags = _HAS_REMOTE_PARENT_MASK
+    if parent is not None:
+        parts.append(_len(4, parent.span_id.to_bytes(8, "big")))
+        if parent.is_remote:
+            flags |= _IS_REMOTE_MASK
+    parts.append(_str(5, span.name))
+    parts.append(b"\x30" + _varint(_KIND[span.kind]))
+    parts.append(b"\x39" + _PACK_Q(span.start_time or 0))
+    parts.append(b"\x41" + _PACK_Q(span.end_time or 0))
+    parts.append(_attributes(9, span.attributes))
+    if span.dropped_attributes:
+        parts.append(b"\x50" + _varint(span.dropped_attributes))
+    for event in span.events:
+        body = b"\x09" + _PACK_Q(event.timestamp) + _str(2, event.name) + _attributes(3, event.attributes)
+        if event.dropped_attributes:
+            body += b"\x20" + _varint(event.dropped_attributes)
+        parts.append(_len(11, body))
+    if span.dropped_events:
+        parts.append(b"\x60" + _varint(span.dropped_events))
+    for link in span.links:
+        linked = link.context
+        body = _len(1, linked.trace_id.to_bytes(16, "big")) + _len(2, linked.span_id.to_bytes(8, "big"))
+        body += _attributes(4, link.attributes)
+        if link.dropped_attributes:
+            body += b"\x28" + _varint(link.dropped_attributes)
+        link_flags = _HAS_REMOTE_PARENT_MASK | (_IS_REMOTE_MASK if linked.is_remote else 0)
+        body += b"\x35" + _PACK_I(link_flags)
+        parts.append(_len(13, body))
+    if span.dropped_links:
+        parts.append(b"\x70" + _varint(span.dropped_links))
+    status = span.status
+    status_body = b""
+    if status.description:
+        status_body += _str(2, status.description)
+    code = _STATUS[status.status_code]
+    if code:
+        status_body += b"\x18" + _varint(code)
+    parts.append(_len(15, status_body))
+    parts.append(b"\x85\x01" + _PACK_I(flags))  # field 16, fixed32
+    return b"".join(parts)
+
+
+def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+    """An `ExportTraceServiceRequest` for `spans`, grouped by resource and instrumentation scope."""
+    by_resource: dict[Any, dict[Any, list[bytes]]] = {}
+    resources: dict[Any, Any] = {}
+    scopes: dict[Any, Any] = {}
+    for span in spans:
+        resource, scope = span.resource, span.instrumentation_scope
+        rkey, skey = id(resource), id(scope)
+        resources[rkey] = resource
+        scopes[skey] = scope
+        by_resource.setdefault(rkey, {}).setdefault(skey, []).append(_span(span))
+    out = []
+    for rkey, by_scope in by_resource.items():
+        resource = resources[rkey]
+        body = _len(1, _attributes(1, resource.attributes))
+        for skey, encoded in by_scope.items():
+            scope = scopes[skey]
+            scope_body = b""
+            if scope is not None:
+                scope_body = _str(1, scope.name) + (_str(2, scope.version) if scope.version else b"")
+            scope_spans = _len(1, scope_body) + b"".join(_len(2, s) for s in encoded)
+            if scope is not None and scope.schema_url:
+                scope_spans += _str(3, scope.schema_url)
+            body += _len(2, scope_spans)
+        if resource.schema_url:
+            body += _str(3, resource.schema_url)
+        out.append(_len(1, body))
+    return b"".join(out)

@@ -1,0 +1,299 @@
+"""Telemetry set-up shared by the three services: providers, exporters, shutdown. Driven by the standard variables.
+
+- `OTEL_SERVICE_NAME` (default `pier-router` / `pier-health` / `pier-warmup`), `OTEL_RESOURCE_ATTRIBUTES`;
+- `OTEL_EXPORTER_OTLP_ENDPOINT` and the per-signal `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
+  `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (OTLP over HTTP/protobuf; the SDK's exporters read the rest of the
+  `OTEL_EXPORTER_OTLP_*` family themselves: headers, timeout, compression);
+- `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (read by the SDK's TracerProvider); `OTEL_SDK_DISABLED`;
+- `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` (prompt and completion content; off unless `true`).
+
+With no endpoint configured no exporter runs and nothing is logged: the services then pay nothing for
+telemetry (the router checks one attribute per request). Spans go through batch processors whose worker
+thread does the export, so an endpoint that is down or slow never blocks a request: when the queue is full
+the oldest spans are dropped, and the drops (and failed exports) are counted in `pier.telemetry.spans.dropped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from shared.fastmetrics import FastMetrics, export_through
+from shared.otlpencode import encode_spans
+
+log = logging.getLogger(__name__)
+
+FLUSH_TIMEOUT_S = 5.0  # on shutdown: what is still queued gets this long to leave (inside the drain time)
+# The HTTP semantic conventions' advice for duration histograms, in seconds (the SDK's default buckets are
+# made for milliseconds).
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_QUEUE_SIZE = 2048  # the SDK's default, stated here because the drop counter needs it
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryEnv:
+    """What the standard OTEL_* variables ask for (read once, in `__main__`)."""
+
+    disabled: bool = False
+    traces_endpoint: str | None = None
+    metrics_endpoint: str | None = None
+    capture_content: bool = False
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> TelemetryEnv:
+        env = os.environ if environ is None else environ
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None
+
+        def signal(name: str, exporter_var: str) -> str | None:
+            if env.get(exporter_var, "otlp").strip().lower() == "none":
+                return None
+            own = env.get(f"OTEL_EXPORTER_OTLP_{name}_ENDPOINT", "").strip()
+            if own:
+                return own
+            return f"{base.rstrip('/')}/v1/{name.lower()}" if base else None
+
+        return cls(
+            disabled=_true(env.get("OTEL_SDK_DISABLED")),
+            traces_endpoint=signal("TRACES", "OTEL_TRACES_EXPORTER"),
+            metrics_endpoint=signal("METRICS", "OTEL_METRICS_EXPORTER"),
+            capture_content=_true(env.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")),
+        )
+
+
+class DropCounter:
+    """Spans lost on their way out: queue overflow (endpoint slow) and failed exports (endpoint down)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.queue_full = 0
+        self.export_failed = 0
+
+    def observe(self, options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(self.queue_full, {"reason": "queue_full"}),
+            Observation(self.export_failed, {"reason": "export_failed"}),
+        ]
+
+
+class _CountingExporter(SpanExporter):
+    """Wraps the OTLP exporter to count what leaves the queue and what never arrives."""
+
+    def __init__(self, inner: SpanExporter, drops: DropCounter, on_taken: _Occupancy) -> None:
+        self._inner = inner
+        self._drops = drops
+        self._occupancy = on_taken
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self._occupancy.taken(len(spans))
+        result = self._inner.export(spans)
+        if result is not SpanExportResult.SUCCESS:
+            with self._drops._lock:
+                self._drops.export_failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _Occupancy:
+    """How many spans wait in the batch queue (ended minus taken); a span ended on a full queue is a drop."""
+
+    def __init__(self, drops: DropCounter, capacity: int) -> None:
+        self._drops = drops
+        self._capacity = capacity
+        self._queued = 0
+
+    def ended(self) -> None:
+        with self._drops._lock:
+            if self._queued >= self._capacity:
+                self._drops.queue_full += 1  # the processor evicts the oldest span to take this one
+            else:
+                self._queued += 1
+
+    def taken(self, count: int) -> None:
+        with self._drops._lock:
+            self._queued = max(0, self._queued - count)
+
+
+class _CountingBatchProcessor(BatchSpanProcessor):
+    def __init__(self, exporter: SpanExporter, drops: DropCounter, meter_provider: MeterProvider | None) -> None:
+        self._occupancy = _Occupancy(drops, _QUEUE_SIZE)
+        super().__init__(
+            _CountingExporter(exporter, drops, self._occupancy),
+            max_queue_size=_QUEUE_SIZE,
+            meter_provider=meter_provider,
+        )
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            self._occupancy.ended()
+        super().on_end(span)
+
+
+@dataclass(slots=True)
+class Telemetry:
+    """One process's providers (None when that signal is off) and what the services ask of them."""
+
+    service: str
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+    prometheus_registry: object | None = None  # prometheus_client's CollectorRegistry when scraping is on
+    capture_content: bool = False
+    drops: DropCounter = field(default_factory=DropCounter)
+    metric_readers: list[MetricReader] = field(default_factory=list)  # of `meter_provider`
+    resource: Resource = field(default_factory=Resource.get_empty)
+
+    def fast_metrics(self, scope: str) -> FastMetrics:
+        """Hot-path counters and histograms (`shared.fastmetrics`) exported by this process's metric readers."""
+        fast = FastMetrics(scope)
+        if self.metric_readers:
+            export_through(self.metric_readers, fast, self.resource)
+        return fast
+
+    @property
+    def tracing(self) -> bool:
+        return self.tracer_provider is not None
+
+    @property
+    def enabled(self) -> bool:
+        return self.tracer_provider is not None or self.meter_provider is not None
+
+    def tracer(self, name: str) -> trace.Tracer:
+        """A tracer of this process's provider; the no-op tracer when tracing is off."""
+        if self.tracer_provider is None:
+            return trace.NoOpTracer()
+        return self.tracer_provider.get_tracer(name)
+
+    def meter(self, name: str) -> metrics.Meter:
+        if self.meter_provider is None:
+            return metrics.NoOpMeter(name)
+        return self.meter_provider.get_meter(name)
+
+    def shutdown(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Flush what is queued and stop the exporters, giving up after `timeout_s` (a hung collector must not
+        hold the process past its drain time: the export threads are daemons). Safe to call twice."""
+        tracer_provider, self.tracer_provider = self.tracer_provider, None
+        meter_provider, self.meter_provider = self.meter_provider, None
+        if tracer_provider is None and meter_provider is None:
+            return
+        timeout_ms = max(1, int(timeout_s * 1000))
+
+        def stop() -> None:
+            if tracer_provider is not None:
+                tracer_provider.force_flush(timeout_ms)
+                tracer_provider.shutdown()
+            if meter_provider is not None:
+                meter_provider.shutdown(timeout_millis=timeout_ms)
+
+        worker = threading.Thread(target=stop, name="pier-telemetry-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            log.warning("telemetry: the collector did not take the last spans/metrics in %gs; dropped", timeout_s)
+
+
+def _span_exporter(endpoint: str) -> SpanExporter:
+    """The SDK's OTLP/HTTP span exporter (its transport: headers, TLS, compression, retries, timeout), with the
+    request body written by `shared.otlpencode` (a third of the SDK encoder's CPU per span; same bytes)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    class _Exporter(OTLPSpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            if self._shutdown:
+                return SpanExportResult.FAILURE
+            try:
+                body = encode_spans(spans)
+            except Exception:  # a span the encoder cannot write: the SDK's encoder takes this batch
+                log.exception("telemetry: could not encode a span batch; using the SDK's encoder")
+                return super().export(spans)
+            result = self._client.export(body)
+            return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+    return _Exporter(endpoint=endpoint)
+
+
+def resource_for(default_service: str) -> Resource:
+    """`OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` as the SDK reads them; the service's default name
+    when neither names the service."""
+    detected = Resource.create()
+    name = str(detected.attributes.get("service.name", ""))
+    if not name or name.startswith("unknown_service"):
+        detected = detected.merge(Resource({"service.name": default_service}))
+    return detected
+
+
+def setup(
+    default_service: str,
+    *,
+    prometheus: bool = False,
+    environ: Mapping[str, str] | None = None,
+    install_global: bool = True,
+) -> Telemetry:
+    """Build this process's telemetry from the OTEL_* variables (see the module docstring).
+
+    `prometheus`: also keep the metrics for a scrape endpoint (the router's `/internal/metrics`), from the same
+    MeterProvider as the OTLP export. `install_global`: make the providers the process's global ones, so code
+    that uses `trace.get_tracer()` exports too (services call this once, in `__main__` or per worker process).
+    """
+    env = TelemetryEnv.read(environ)
+    telemetry = Telemetry(service=default_service, capture_content=env.capture_content)
+    if env.disabled or (env.traces_endpoint is None and env.metrics_endpoint is None and not prometheus):
+        return telemetry
+    resource = resource_for(default_service)
+    readers: list[MetricReader] = []
+    if env.metrics_endpoint is not None:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=env.metrics_endpoint)))
+    if prometheus:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry(auto_describe=True)
+        readers.append(PrometheusMetricReader(registry=registry))
+        telemetry.prometheus_registry = registry
+    telemetry.resource = resource
+    if readers:
+        # shutdown_on_exit=False: `Telemetry.shutdown` bounds the flush; the SDK's atexit hook would not.
+        telemetry.meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+        telemetry.metric_readers = readers
+        meter = telemetry.meter_provider.get_meter("pier.telemetry")
+        meter.create_observable_counter(
+            "pier.telemetry.spans.dropped", [telemetry.drops.observe], unit="{span}", description="spans not exported"
+        )
+    if env.traces_endpoint is not None:
+        # The sampler comes from OTEL_TRACES_SAMPLER(_ARG).
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        exporter = _span_exporter(env.traces_endpoint)
+        provider.add_span_processor(_CountingBatchProcessor(exporter, telemetry.drops, telemetry.meter_provider))
+        telemetry.tracer_provider = provider
+    if install_global:
+        if telemetry.tracer_provider is not None:
+            trace.set_tracer_provider(telemetry.tracer_provider)
+        if telemetry.meter_provider is not None:
+            metrics.set_meter_provider(telemetry.meter_provider)
+    log.info(
+        "telemetry: traces %s, metrics %s%s",
+        env.traces_endpoint or "off",
+        env.metrics_endpoint or "off",
+        " + Prometheus scrape" if prometheus else "",
+    )
+    return telemetry

@@ -16,7 +16,7 @@ class JSONTooDeep(ValueError):
     """Valid JSON nested deeper than the parser can follow."""
 
 
-def loads(data: str | bytes) -> Any:
+def loads(data: str | bytes | bytearray) -> Any:
     """`json.loads`, with nesting too deep to parse raised as JSONTooDeep (a ValueError)."""
     try:
         return json.loads(data)

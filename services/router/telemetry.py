@@ -33,6 +33,7 @@ from services.router.circuit import Circuits
 from services.router.errors import RouterError
 from services.router.runtime import Runtime
 from services.router.usage import ResponseWatch, needs_usage, with_usage
+from shared import jsontext
 from shared.fastmetrics import Attrs
 from shared.telemetry import HTTP_BUCKETS, Telemetry
 
@@ -243,7 +244,7 @@ class RequestTrace:
             if not recording and b'"stream"' not in body:
                 return body, data  # not sampled and not a stream: nothing here needs the parsed body
             try:
-                parsed = json.loads(body)
+                parsed = jsontext.loads(body)
             except ValueError:
                 return body, data
             if not isinstance(parsed, dict):

@@ -8,13 +8,14 @@ chunk again, so the client sees exactly the stream it asked for.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from multidict import CIMultiDict
+
+from shared import jsontext
 
 JSON_LIMIT = 1024 * 1024  # a non-streamed answer bigger than this is relayed without being read for usage
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -128,7 +129,7 @@ class ResponseWatch:
     def end(self) -> bytes:
         if self._json and self._buffer:
             with contextlib.suppress(ValueError):
-                self.answer.read(json.loads(self._buffer))
+                self.answer.read(jsontext.loads(self._buffer))
             self._buffer.clear()
             return b""
         rest = bytes(self._buffer)
@@ -161,7 +162,7 @@ class ResponseWatch:
             if not data.startswith(b"{"):
                 continue
             try:
-                payload = json.loads(data)
+                payload = jsontext.loads(data)
             except ValueError:
                 continue
             self.answer.read(payload)

@@ -53,11 +53,13 @@ def test_client_credentials_origin_and_hop_by_hop_headers_stay_behind() -> None:
 
 
 def test_endpoint_headers_are_added_and_win() -> None:
-    base = upstream_headers(proxy_of(("X-Api-Key", "client"), ("Accept", "*/*")), "rid")
-    merged = with_endpoint_headers(base, {"X-Api-Key": "endpoint", "Authorization": "Bearer t"})
+    base = upstream_headers(proxy_of(("X-Api-Key", "client"), ("X-Team", "client"), ("Accept", "*/*")), "rid")
+    assert "X-Api-Key" not in base  # the client's credential never reaches an endpoint
+    merged = with_endpoint_headers(base, {"X-Api-Key": "endpoint", "X-Team": "endpoint", "Authorization": "Bearer t"})
     assert merged["X-Api-Key"] == "endpoint"
+    assert merged["X-Team"] == "endpoint"  # the endpoint's configured header replaces the client's
     assert merged["Authorization"] == "Bearer t"
-    assert base["X-Api-Key"] == "client"  # the shared base is not changed
+    assert base["X-Team"] == "client"  # the shared base is not changed
     assert with_endpoint_headers(base, {}) is base
 
 

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from services.router.circuit import Circuits
 from services.router.errors import answer_error, check_header_size
 from services.router.exchange import Exchanger
+from services.router.gate import build_gate
 from services.router.headers import RequestIds
 from services.router.proxy import Api, Proxy
 from services.router.runtime import Runtime
@@ -192,6 +193,9 @@ def build_app(settings: RouterSettings, config: PierConfig) -> web.Application:
                 await asyncio.wait_for(cache.drain_signals(), STATE_STOP_S)
             await cache.close()
 
+    gate = build_gate(settings)
+    if gate is not None:  # access control or limits on; off, the request path has no middleware at all
+        gate.install(app)
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(state_ctx)
     add_routes(app, proxy, status, settings.max_header_bytes)

@@ -1,0 +1,229 @@
+"""The router's front door: one aiohttp middleware for client keys, model globs, rate and concurrency limits.
+
+It is installed only when access control or a limit is on (`build_gate` returns None otherwise), so with both
+off the request path pays nothing at all. The decisions are the pure functions of `services.router.access`
+(who, and may they) and `services.router.ratelimit` (how often, how many at once); this module reads the
+request, calls them, and answers refusals as JSON in the route's API shape with the standard headers.
+
+Named points: `CLIENT_NAME` on the request (the key's name, for logs and telemetry: never the key).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from services.router.access import (
+    Family,
+    KeyTable,
+    Network,
+    Outcome,
+    authorize,
+    client_address,
+    family_of,
+    parse_networks,
+)
+from services.router.errors import Flavour, RouterError, answer_error, error_response
+from services.router.proxy import parse_body, sniff_model
+from services.router.ratelimit import KEY_PREFIX, Limit, Limiter, Taken
+from services.router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+CLIENT_NAME: web.RequestKey[str] = web.RequestKey("pier.client_name", str)
+_RATE: web.RequestKey[Taken] = web.RequestKey("pier.rate", Taken)
+
+HEALTH_PATH = "/internal/health"  # the container healthcheck: never rate limited, so it keeps working
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class MissingKey(RouterError):
+    status = 401
+    type = "invalid_request_error"
+    code = "missing_api_key"
+
+
+class InvalidKey(RouterError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class InternalForbidden(RouterError):
+    status = 403
+    type = "permission_error"
+    code = "internal_forbidden"
+
+
+class ModelForbidden(RouterError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class RateLimited(RouterError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class ConcurrencyLimited(RateLimited):
+    code = "concurrency_limit_exceeded"
+
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="pier"'}
+
+
+def refusal(outcome: Outcome) -> RouterError:
+    """The error for a refused `Verdict` (the message never repeats what the client sent)."""
+    if outcome is Outcome.MISSING_KEY:
+        return MissingKey(
+            "an API key is required: send `Authorization: Bearer <key>` or `x-api-key: <key>`", headers=_CHALLENGE
+        )
+    if outcome is Outcome.INVALID_KEY:
+        return InvalidKey("the API key is not valid", headers=_CHALLENGE)
+    return InternalForbidden("/internal routes are open to the internal networks and the admin key only")
+
+
+def flavour_for(request: web.Request, family: Family) -> Flavour:
+    # The Anthropic SDK's `models.list()` asks `/v1/models` with `anthropic-version`: it reads Anthropic errors.
+    if family is Family.ANTHROPIC or ("anthropic-version" in request.headers and request.path.startswith("/v1/models")):
+        return Flavour.ANTHROPIC
+    return Flavour.OPENAI
+
+
+def rate_headers(taken: Taken) -> dict[str, str]:
+    """`X-RateLimit-*` for a bucket: its size, the whole tokens left, seconds until it is full again."""
+    return {
+        "X-RateLimit-Limit": str(taken.limit.burst),
+        "X-RateLimit-Remaining": str(taken.remaining),
+        "X-RateLimit-Reset": str(math.ceil(taken.reset_s)),
+    }
+
+
+def _too_many(taken: Taken, what: str) -> RateLimited:
+    retry_s = max(1, math.ceil(taken.retry_after_s))
+    headers = {"Retry-After": str(retry_s), **rate_headers(taken)}
+    return RateLimited(f"{what} rate limit exceeded; retry in {retry_s}s", headers=headers)
+
+
+def _route_path(request: web.Request) -> str:
+    # The matched route's pattern, not the path as spelled: `/%69nternal/status` and friends are judged by the
+    # route they reach. (The catch-all's pattern names no family: it needs a client key, and then answers 404.)
+    info = request.match_info
+    resource = info.route.resource if info is not None else None
+    return resource.canonical if resource is not None else request.path
+
+
+class Gate:
+    """Access control (when `table` is set) and limits (when `limiter` is set), as one middleware."""
+
+    def __init__(
+        self,
+        table: KeyTable | None,
+        limiter: Limiter | None,
+        trusted: tuple[Network, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = table
+        self.limiter = limiter
+        self.trusted = trusted
+        self.clock = clock
+
+    def install(self, app: web.Application) -> None:
+        app.middlewares.append(self.middleware)
+        if self.limiter is not None:
+            app.on_response_prepare.append(self._add_rate_headers)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = _route_path(request)
+        family = family_of(path)
+        try:
+            client_id, own_limit, own_max = await self._admit(request, path, family)
+        except RouterError as exc:
+            return error_response(exc, flavour_for(request, family))
+        except web.HTTPException as exc:  # the body was over the limit while the gate read it
+            return answer_error(request, exc)
+        limiter = self.limiter
+        if limiter is None or path == HEALTH_PATH:
+            return await handler(request)
+        mine, shared = limiter.admit(client_id, self.clock(), own_limit)
+        refused = mine if mine is not None and not mine.allowed else shared
+        if refused is not None and not refused.allowed:
+            what = "global" if refused is shared else "client"
+            return error_response(_too_many(refused, what), flavour_for(request, family))
+        shown = mine or shared
+        if shown is not None:
+            request[_RATE] = shown
+        if not limiter.enter(client_id, own_max):
+            err = ConcurrencyLimited(
+                "too many requests in flight for this client; retry when one finishes", headers={"Retry-After": "1"}
+            )
+            return error_response(err, flavour_for(request, family))
+        try:
+            return await handler(request)  # a stream returns when it ends: the slot covers all of it
+        finally:
+            limiter.leave(client_id)
+
+    async def _admit(self, request: web.Request, path: str, family: Family) -> tuple[str, Limit | None, int]:
+        """Who the client is (bucket name), its own limits; raises the refusal when it may not go on."""
+        table = self.table
+        if table is None:
+            address = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()), self.trusted)
+            return f"ip:{address}", None, 0
+        verdict = authorize(request.headers, request.remote, path, table)
+        if not verdict.allowed:
+            log.info("refused %s %s from %s: %s", request.method, path, verdict.address, verdict.outcome.value)
+            raise refusal(verdict.outcome)
+        client = verdict.client
+        if client is None:  # /internal/* by address or admin key
+            return ("key:admin" if verdict.admin else f"ip:{verdict.address}"), None, 0
+        request[CLIENT_NAME] = client.name
+        if client.models and request.method == "POST" and family is not Family.INTERNAL:
+            model = await _model_of(request)
+            if model is not None and not client.allows_model(model):
+                log.info("refused model %r to key %s", model, client.name)
+                raise ModelForbidden(f"this API key may not use the model {model!r}", param="model")
+        return f"{KEY_PREFIX}{client.name}", Limit.of(client.rate_per_s, client.burst), client.max_concurrent
+
+    @staticmethod
+    async def _add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+        taken = request.get(_RATE)
+        if taken is not None:
+            response.headers.update(rate_headers(taken))
+
+
+async def _model_of(request: web.Request) -> str | None:
+    """The body's model, read as the proxy reads it (aiohttp keeps the body: the proxy does not read it twice).
+    None when the body is not a JSON object with a string model: the proxy answers that 400 itself."""
+    body = await request.read()
+    model = sniff_model(body)
+    if model is not None:
+        return model
+    try:
+        return parse_body(body)[1]
+    except RouterError:
+        return None
+
+
+def build_gate(settings: RouterSettings) -> Gate | None:
+    """The gate these settings ask for, or None when access control and every limit are off (then no
+    middleware is installed: the request path costs nothing more)."""
+    if not settings.access_control and not settings.limits_on:
+        return None
+    table = settings.key_table() if settings.access_control else None
+    limiter = None
+    if settings.limits_on:
+        limiter = Limiter(
+            Limit.of(settings.rate_limit_global_per_s, settings.rate_limit_global_burst),
+            Limit.of(settings.rate_limit_per_s, settings.rate_limit_burst),
+            settings.max_concurrent_per_client,
+        )
+    trusted = parse_networks(settings.trusted_proxies, "PIER_TRUSTED_PROXIES")
+    return Gate(table, limiter, trusted)

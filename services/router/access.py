@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from multidict import MultiMapping
 
+from services.router.ratelimit import Limit
 from shared.endpoints import read_secret
 from shared.names import normalise_model
 
@@ -72,6 +73,10 @@ class ClientKey:
     rate_per_s: float = 0.0
     burst: int = 0
     max_concurrent: int = 0
+
+    @property
+    def limit(self) -> Limit | None:
+        return Limit.of(self.rate_per_s, self.burst)
 
     def allows_model(self, model: str) -> bool:
         if not self.models:

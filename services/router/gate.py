@@ -14,10 +14,12 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from services.router.access import (
+    ClientKey,
     Family,
     KeyTable,
     Network,
@@ -28,6 +30,7 @@ from services.router.access import (
     parse_networks,
 )
 from services.router.errors import Flavour, RouterError, answer_error, error_response
+from services.router.inputs import InputLimits, check_input
 from services.router.proxy import parse_body, sniff_model
 from services.router.ratelimit import KEY_PREFIX, Limit, Limiter, Taken
 from services.router.settings import RouterSettings
@@ -121,18 +124,22 @@ def _route_path(request: web.Request) -> str:
 
 
 class Gate:
-    """Access control (when `table` is set) and limits (when `limiter` is set), as one middleware."""
+    """Access control (when `table` is set), limits (when `limiter` is set) and input limits (when `inputs` is
+    set), as one middleware. Order: what the headers decide (key, rate, concurrency), then what the body does
+    (the key's model globs, input limits): a refused client never gets a body read."""
 
     def __init__(
         self,
         table: KeyTable | None,
         limiter: Limiter | None,
         trusted: tuple[Network, ...] = (),
+        inputs: InputLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
         self.limiter = limiter
         self.trusted = trusted
+        self.inputs = inputs
         self.clock = clock
 
     def install(self, app: web.Application) -> None:
@@ -145,15 +152,13 @@ class Gate:
         path = _route_path(request)
         family = family_of(path)
         try:
-            client_id, own_limit, own_max = await self._admit(request, path, family)
+            client_id, client = self._who(request, path)
         except RouterError as exc:
             return error_response(exc, flavour_for(request, family))
-        except web.HTTPException as exc:  # the body was over the limit while the gate read it
-            return answer_error(request, exc)
         limiter = self.limiter
         if limiter is None or path == HEALTH_PATH:
-            return await handler(request)
-        mine, shared = limiter.admit(client_id, self.clock(), own_limit)
+            return await self._with_body_checks(request, handler, family, client)
+        mine, shared = limiter.admit(client_id, self.clock(), client.limit if client is not None else None)
         refused = mine if mine is not None and not mine.allowed else shared
         if refused is not None and not refused.allowed:
             what = "global" if refused is shared else "client"
@@ -161,36 +166,66 @@ class Gate:
         shown = mine or shared
         if shown is not None:
             request[_RATE] = shown
-        if not limiter.enter(client_id, own_max):
+        if not limiter.enter(client_id, client.max_concurrent if client is not None else 0):
             err = ConcurrencyLimited(
                 "too many requests in flight for this client; retry when one finishes", headers={"Retry-After": "1"}
             )
             return error_response(err, flavour_for(request, family))
         try:
-            return await handler(request)  # a stream returns when it ends: the slot covers all of it
+            # A stream returns when it ends: the slot covers all of it (and a client that leaves ends it).
+            return await self._with_body_checks(request, handler, family, client)
         finally:
             limiter.leave(client_id)
 
-    async def _admit(self, request: web.Request, path: str, family: Family) -> tuple[str, Limit | None, int]:
-        """Who the client is (bucket name), its own limits; raises the refusal when it may not go on."""
+    def _who(self, request: web.Request, path: str) -> tuple[str, ClientKey | None]:
+        """The client's bucket name and key; raises the refusal when its headers may not go on."""
         table = self.table
         if table is None:
             address = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()), self.trusted)
-            return f"ip:{address}", None, 0
+            return f"ip:{address}", None
         verdict = authorize(request.headers, request.remote, path, table)
         if not verdict.allowed:
             log.info("refused %s %s from %s: %s", request.method, path, verdict.address, verdict.outcome.value)
             raise refusal(verdict.outcome)
         client = verdict.client
         if client is None:  # /internal/* by address or admin key
-            return ("key:admin" if verdict.admin else f"ip:{verdict.address}"), None, 0
+            return ("key:admin" if verdict.admin else f"ip:{verdict.address}"), None
         request[CLIENT_NAME] = client.name
-        if client.models and request.method == "POST" and family is not Family.INTERNAL:
-            model = await _model_of(request)
-            if model is not None and not client.allows_model(model):
-                log.info("refused model %r to key %s", model, client.name)
-                raise ModelForbidden(f"this API key may not use the model {model!r}", param="model")
-        return f"{KEY_PREFIX}{client.name}", Limit.of(client.rate_per_s, client.burst), client.max_concurrent
+        return f"{KEY_PREFIX}{client.name}", client
+
+    async def _with_body_checks(
+        self, request: web.Request, handler: Handler, family: Family, client: ClientKey | None
+    ) -> web.StreamResponse:
+        restricted = client is not None and bool(client.models)
+        if (restricted or self.inputs is not None) and request.method == "POST" and family is not Family.INTERNAL:
+            try:
+                await self._check_body(request, client, restricted)
+            except RouterError as exc:
+                return error_response(exc, flavour_for(request, family))
+            except web.HTTPException as exc:  # the body was over the size limit while the gate read it
+                return answer_error(request, exc)
+        return await handler(request)
+
+    async def _check_body(self, request: web.Request, client: ClientKey | None, restricted: bool) -> None:
+        # aiohttp keeps the body it read: the proxy's own read returns it without reading the socket again.
+        body = await request.read()
+        model: str | None = None
+        if self.inputs is not None:
+            data = _parsed(body)
+            if data is None:
+                return  # not a JSON object: the proxy answers that 400 itself
+            check_input(data, self.inputs)
+            found = data.get("model")
+            model = found if isinstance(found, str) else None
+        elif restricted:
+            model = sniff_model(body)
+            if model is None:
+                data = _parsed(body)
+                found = data.get("model") if data is not None else None
+                model = found if isinstance(found, str) else None
+        if restricted and model is not None and client is not None and not client.allows_model(model):
+            log.info("refused model %r to key %s", model, client.name)
+            raise ModelForbidden(f"this API key may not use the model {model!r}", param="model")
 
     @staticmethod
     async def _add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -199,15 +234,10 @@ class Gate:
             response.headers.update(rate_headers(taken))
 
 
-async def _model_of(request: web.Request) -> str | None:
-    """The body's model, read as the proxy reads it (aiohttp keeps the body: the proxy does not read it twice).
-    None when the body is not a JSON object with a string model: the proxy answers that 400 itself."""
-    body = await request.read()
-    model = sniff_model(body)
-    if model is not None:
-        return model
+def _parsed(body: bytes) -> dict[str, Any] | None:
+    """The body as the proxy parses it, or None when the proxy would refuse it (it answers that 400)."""
     try:
-        return parse_body(body)[1]
+        return parse_body(body)[0]
     except RouterError:
         return None
 
@@ -215,7 +245,8 @@ async def _model_of(request: web.Request) -> str | None:
 def build_gate(settings: RouterSettings) -> Gate | None:
     """The gate these settings ask for, or None when access control and every limit are off (then no
     middleware is installed: the request path costs nothing more)."""
-    if not settings.access_control and not settings.limits_on:
+    inputs = InputLimits(settings.max_json_depth, settings.max_messages, settings.max_string_chars)
+    if not settings.access_control and not settings.limits_on and not inputs.on:
         return None
     table = settings.key_table() if settings.access_control else None
     limiter = None
@@ -226,4 +257,4 @@ def build_gate(settings: RouterSettings) -> Gate | None:
             settings.max_concurrent_per_client,
         )
     trusted = parse_networks(settings.trusted_proxies, "PIER_TRUSTED_PROXIES")
-    return Gate(table, limiter, trusted)
+    return Gate(table, limiter, trusted, inputs if inputs.on else None)

@@ -91,6 +91,13 @@ class RouterSettings(CommonSettings):
     # PIER_MAX_CONCURRENT_PER_CLIENT: requests (streams included, to their end) one client may have in flight
     # (0 = no limit); a key's own max_concurrent overrides it.
     max_concurrent_per_client: int = Field(default=0, ge=0)
+    # --- input limits on JSON bodies (services.router.inputs); 0 = off ---------------------------------------
+    # PIER_MAX_JSON_DEPTH: a body nested deeper gets 400 `json_too_deep` (past ~900 levels the parser's own 400).
+    max_json_depth: int = Field(default=0, ge=0)
+    # PIER_MAX_MESSAGES: more `messages` than this get 422 `too_many_messages`.
+    max_messages: int = Field(default=0, ge=0)
+    # PIER_MAX_STRING_CHARS: any longer string (value or key) in the body gets 413 `string_too_long`.
+    max_string_chars: int = Field(default=0, ge=0)
 
     @field_validator("internal_cidrs", "trusted_proxies")
     @classmethod

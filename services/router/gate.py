@@ -10,13 +10,15 @@ Named points: `CLIENT_NAME` on the request (the key's name, for logs and telemet
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from services.router.access import (
     ClientKey,
@@ -34,6 +36,7 @@ from services.router.inputs import InputLimits, check_input
 from services.router.proxy import parse_body, sniff_model
 from services.router.ratelimit import KEY_PREFIX, Limit, Limiter, Taken
 from services.router.settings import RouterSettings
+from services.router.sharedlimit import SharedLimiter
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +144,24 @@ class Gate:
         self.trusted = trusted
         self.inputs = inputs
         self.clock = clock
+        self.remote: SharedLimiter | None = None  # bound by `shared_ctx` when buckets live in Redis
 
-    def install(self, app: web.Application) -> None:
+    def install(self, app: web.Application, *, shared_redis_url: str | None = None, timeout_s: float = 0.25) -> None:
         app.middlewares.append(self.middleware)
         if self.limiter is not None:
             app.on_response_prepare.append(self._add_rate_headers)
+            if shared_redis_url is not None:
+                app.cleanup_ctx.append(functools.partial(self._shared_ctx, shared_redis_url, timeout_s))
+
+    async def _shared_ctx(self, url: str, timeout_s: float, app: web.Application) -> AsyncIterator[None]:
+        assert self.limiter is not None
+        redis = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.remote = SharedLimiter(redis, self.limiter, timeout_s=timeout_s)
+        try:
+            yield
+        finally:
+            self.remote = None
+            await redis.aclose()
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -158,7 +174,12 @@ class Gate:
         limiter = self.limiter
         if limiter is None or path == HEALTH_PATH:
             return await self._with_body_checks(request, handler, family, client)
-        mine, shared = limiter.admit(client_id, self.clock(), client.limit if client is not None else None)
+        own = client.limit if client is not None else None
+        remote = self.remote
+        if remote is not None:
+            mine, shared = await remote.admit(client_id, self.clock(), own)
+        else:
+            mine, shared = limiter.admit(client_id, self.clock(), own)
         refused = mine if mine is not None and not mine.allowed else shared
         if refused is not None and not refused.allowed:
             what = "global" if refused is shared else "client"

@@ -91,6 +91,11 @@ class RouterSettings(CommonSettings):
     # PIER_MAX_CONCURRENT_PER_CLIENT: requests (streams included, to their end) one client may have in flight
     # (0 = no limit); a key's own max_concurrent overrides it.
     max_concurrent_per_client: int = Field(default=0, ge=0)
+    # PIER_RATE_LIMIT_SHARED: keep the token buckets in Redis, shared by every router replica and worker (one
+    # round trip per request; limited locally while Redis fails). In-flight counts stay per process.
+    rate_limit_shared: bool = False
+    # PIER_RATE_LIMIT_REDIS_TIMEOUT_S: a shared-bucket answer slower than this counts as Redis failing.
+    rate_limit_redis_timeout_s: Seconds = Field(default=0.25, gt=0)
     # --- input limits on JSON bodies (services.router.inputs); 0 = off ---------------------------------------
     # PIER_MAX_JSON_DEPTH: a body nested deeper gets 400 `json_too_deep` (past ~900 levels the parser's own 400).
     max_json_depth: int = Field(default=0, ge=0)

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,26 @@ def stack(module_procs: ProcessFactory, module_dir: Path, module_redis: RedisSer
     return build_stack(module_procs, module_dir, module_redis.url, [EmuSpec("e1")], router_extra=extra)
 
 
+_OPEN: list[openai.OpenAI | anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def oai(stack: Stack, key: str, base: str = "/v1") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.url}{base}", api_key=key, max_retries=0, timeout=30)
+    client = openai.OpenAI(base_url=f"{stack.url}{base}", api_key=key, max_retries=0, timeout=30)
+    _OPEN.append(client)
+    return client
 
 
 def claude(stack: Stack, key: str, base: str = "") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=f"{stack.url}{base}", api_key=key, max_retries=0, timeout=30)
+    client = anthropic.Anthropic(base_url=f"{stack.url}{base}", api_key=key, max_retries=0, timeout=30)
+    _OPEN.append(client)
+    return client
 
 
 HELLO: list[Any] = [{"role": "user", "content": "Say hello"}]

@@ -189,8 +189,10 @@ async def test_a_keys_own_rate_limit(http: aiohttp.ClientSession, keyed_router: 
     assert statuses == [200] * 5 + [429]
     assert limit == "5"
     # The openai SDK sees the 429 as its RateLimitError, with the headers it reads.
-    client = openai.OpenAI(base_url=f"{keyed_router.url}/v1", api_key=KEY_FAST, max_retries=0, timeout=30)
-    with pytest.raises(openai.RateLimitError) as caught:
+    with (
+        openai.OpenAI(base_url=f"{keyed_router.url}/v1", api_key=KEY_FAST, max_retries=0, timeout=30) as client,
+        pytest.raises(openai.RateLimitError) as caught,
+    ):
         client.models.list()
     assert int(caught.value.response.headers["retry-after"]) >= 1
 

@@ -134,6 +134,8 @@ async def raw(stack: Stack, request: bytes, *, until_close: bool = False) -> byt
 
 
 def _complete(data: bytes) -> bool:
+    if data.startswith(b"HTTP/1.1 100 "):  # an interim answer: the final one follows
+        data = data.partition(b"\r\n\r\n")[2]
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
         return False
@@ -236,3 +238,14 @@ async def test_a_conflicting_request_closes_the_connection(stack: Stack) -> None
     answer = await raw(stack, request + post("/v1/models", b""), until_close=True)  # a timeout if left open
     assert status_of(answer) == 400
     assert answer.count(b"HTTP/1.") == 1
+
+
+async def test_an_unknown_expectation_is_417_in_json(stack: Stack) -> None:
+    body = json.dumps(chat()).encode()
+    answer = await raw(stack, post("/v1/messages", body, "Expect: 200-ok"))
+    assert status_of(answer) == 417
+    payload = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert payload["type"] == "error"  # Anthropic's shape on an Anthropic route
+    answer = await raw(stack, post("/v1/chat/completions", body, "Expect: 100-continue"))
+    assert b"HTTP/1.1 100 Continue" in answer
+    assert b"HTTP/1.1 200" in answer

@@ -73,10 +73,7 @@ class ClientKey:
     rate_per_s: float = 0.0
     burst: int = 0
     max_concurrent: int = 0
-
-    @property
-    def limit(self) -> Limit | None:
-        return Limit.of(self.rate_per_s, self.burst)
+    limit: Limit | None = None  # Limit.of(rate_per_s, burst), built once
 
     def allows_model(self, model: str) -> bool:
         if not self.models:
@@ -102,7 +99,7 @@ class Outcome(StrEnum):
     INTERNAL_DENIED = "internal_denied"  # 403
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per request, and frozen dataclasses are slow to build
 class Verdict:
     outcome: Outcome
     client: ClientKey | None = None  # the key that matched (None: admitted by address, or refused)
@@ -172,13 +169,16 @@ def parse_entry(entry: object, where: str) -> tuple[ClientKey, str]:
         models = [models]
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
         raise ValueError(f"{where}: models must be a list of globs")
+    rate_per_s = float(_number(entry, "rate_per_s", where, integer=False))
+    burst = _number(entry, "burst", where, integer=True)
     client = ClientKey(
         name=name,
         digest=_digest(key),
         models=tuple(models),
-        rate_per_s=float(_number(entry, "rate_per_s", where, integer=False)),
-        burst=_number(entry, "burst", where, integer=True),
+        rate_per_s=rate_per_s,
+        burst=burst,
         max_concurrent=_number(entry, "max_concurrent", where, integer=True),
+        limit=Limit.of(rate_per_s, burst),
     )
     return client, key
 
@@ -312,19 +312,26 @@ def _match(secret: str, table: KeyTable) -> tuple[ClientKey | None, bool]:
 def authorize(headers: MultiMapping[str], peer: str | None, path: str, table: KeyTable) -> Verdict:
     """May this request go on? Client keys open every route but `/internal/*`; `/internal/*` is open to the
     internal CIDRs (after trusted proxies are resolved) and to the admin key. `path` is the matched route's
-    pattern, so no spelling of a path (encoded, dotted) reaches a route under another family's rule."""
-    address = client_address(peer, headers.getall("X-Forwarded-For", ()), table.trusted_proxies)
-    shown = str(address) if address is not None else ""
+    pattern, so no spelling of a path (encoded, dotted) reaches a route under another family's rule.
+
+    The client's address is resolved only where it decides something (/internal, or a refusal to log): a
+    request with a good key pays for one digest and the comparisons, nothing more."""
     secret = presented_key(headers)
     client, admin = _match(secret, table) if secret is not None else (None, False)
     if path.startswith(INTERNAL_PREFIX):
+        address = _resolved(headers, peer, table)
+        shown = str(address) if address is not None else ""
         if admin or _in(address, table.internal_nets):
             return Verdict(Outcome.ALLOW, None, shown, admin)
         if secret is not None and client is None:
             return Verdict(Outcome.INVALID_KEY, None, shown)
         return Verdict(Outcome.INTERNAL_DENIED, None, shown)
-    if secret is None:
-        return Verdict(Outcome.MISSING_KEY, None, shown)
-    if client is None:
-        return Verdict(Outcome.INVALID_KEY, None, shown)
-    return Verdict(Outcome.ALLOW, client, shown)
+    if client is not None:
+        return Verdict(Outcome.ALLOW, client)
+    address = _resolved(headers, peer, table)
+    shown = str(address) if address is not None else ""
+    return Verdict(Outcome.MISSING_KEY if secret is None else Outcome.INVALID_KEY, None, shown)
+
+
+def _resolved(headers: MultiMapping[str], peer: str | None, table: KeyTable) -> Address | None:
+    return client_address(peer, headers.getall("X-Forwarded-For", ()), table.trusted_proxies)

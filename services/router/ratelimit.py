@@ -32,13 +32,15 @@ class Limit:
         return cls(rate_per_s, burst if burst > 0 else max(1, math.ceil(rate_per_s)))
 
 
-@dataclass(frozen=True, slots=True)
+# Bucket and Taken are built on every limited request: plain slotted classes (a frozen dataclass costs a
+# setattr call per field); nothing mutates them after construction.
+@dataclass(slots=True)
 class Bucket:
     tokens: float
     stamp: float  # clock reading at `tokens`
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Taken:
     """A bucket's answer: allowed or not, what is left, and when to come back."""
 

@@ -236,3 +236,14 @@ def test_limiter_concurrency_and_pruning() -> None:
     limiter.admit("key:kept", 0.0)
     limiter.admit("ip:last", 5.0)  # past the bound: every refilled address bucket goes
     assert limiter.clients <= 2
+
+
+def test_with_everything_off_no_middleware_is_installed() -> None:
+    from services.router.app import build_app
+
+    settings = RouterSettings()
+    app = build_app(settings, settings.pier_config())
+    assert list(app.middlewares) == []  # the request path is exactly what it was before the gate existed
+    assert list(app.on_response_prepare) == []
+    on = RouterSettings(rate_limit_per_s=1.0)
+    assert len(build_app(on, on.pier_config()).middlewares) == 1

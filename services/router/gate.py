@@ -31,7 +31,7 @@ from services.router.access import (
     family_of,
     parse_networks,
 )
-from services.router.errors import Flavour, RouterError, answer_error, error_response
+from services.router.errors import Flavour, RouterError, answer_error, error_response, flavour_of
 from services.router.inputs import InputLimits, check_input
 from services.router.proxy import parse_body, sniff_model
 from services.router.ratelimit import KEY_PREFIX, Limit, Limiter, Taken
@@ -98,7 +98,10 @@ def refusal(outcome: Outcome) -> RouterError:
 
 def flavour_for(request: web.Request, family: Family) -> Flavour:
     # The Anthropic SDK's `models.list()` asks `/v1/models` with `anthropic-version`: it reads Anthropic errors.
-    if family is Family.ANTHROPIC or ("anthropic-version" in request.headers and request.path.startswith("/v1/models")):
+    # The path as spelled picks the shape where no route matched (the catch-all), as the router's own 404 does.
+    if family is Family.ANTHROPIC or flavour_of(request.path) is Flavour.ANTHROPIC:
+        return Flavour.ANTHROPIC
+    if "anthropic-version" in request.headers and request.path.startswith("/v1/models"):
         return Flavour.ANTHROPIC
     return Flavour.OPENAI
 

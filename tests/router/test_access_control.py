@@ -160,18 +160,21 @@ async def test_model_refusal_reached_no_endpoint(stack: Stack) -> None:
         ("POST", "/anthropic/v1/messages/count_tokens", "anthropic"),
         ("POST", "/olla/anthropic/v1/messages", "anthropic"),
         ("GET", "/nowhere", "openai"),  # no key: 401 before the 404 (routes are not revealed)
+        ("GET", "/v1/messages/nowhere", "anthropic"),  # no route: the shape the router's own 404 would have
+        ("GET", "/v1/models", "anthropic-version"),  # the Anthropic SDK's models.list()
     ],
 )
 async def test_missing_key_is_401_on_every_family(stack: Stack, method: str, path: str, shape: str) -> None:
+    headers = {"anthropic-version": "2023-06-01"} if shape == "anthropic-version" else {}
     async with (
         aiohttp.ClientSession(base_url=stack.url) as http,
-        http.request(method, path, json={"model": "ai/smollm2", "messages": HELLO}) as resp,
+        http.request(method, path, json={"model": "ai/smollm2", "messages": HELLO}, headers=headers) as resp,
     ):
         assert resp.status == 401
         assert resp.content_type == "application/json"
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
         body = await resp.json()
-    if shape == "anthropic":
+    if shape.startswith("anthropic"):
         assert body["type"] == "error"
         assert body["error"]["type"] == "authentication_error"
     else:

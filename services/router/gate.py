@@ -11,6 +11,7 @@ Named points: `CLIENT_NAME` on the request (the key's name, for logs and telemet
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import time
@@ -37,6 +38,7 @@ from services.router.proxy import parse_body, sniff_model
 from services.router.ratelimit import KEY_PREFIX, Limit, Limiter, Taken
 from services.router.settings import RouterSettings
 from services.router.sharedlimit import SharedLimiter
+from services.router.visibility import HIDDEN, visible
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,12 @@ class ModelForbidden(RouterError):
     status = 403
     type = "permission_error"
     code = "model_not_allowed"
+
+
+class ModelHidden(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
 
 
 class RateLimited(RouterError):
@@ -221,6 +229,8 @@ class Gate:
         self, request: web.Request, handler: Handler, family: Family, client: ClientKey | None
     ) -> web.StreamResponse:
         restricted = client is not None and bool(client.models)
+        if restricted and request.method == "GET" and client is not None:
+            return await _only_allowed_models(request, handler, client, family)
         if (restricted or self.inputs is not None) and request.method == "POST" and family is not Family.INTERNAL:
             try:
                 await self._check_body(request, client, restricted)
@@ -256,6 +266,26 @@ class Gate:
         taken = request.get(_RATE)
         if taken is not None:
             response.headers.update(rate_headers(taken))
+
+
+async def _only_allowed_models(
+    request: web.Request, handler: Handler, client: ClientKey, family: Family
+) -> web.StreamResponse:
+    """A listing as a restricted key may see it: only the models its globs allow (404 for a single other one)."""
+    response = await handler(request)
+    if (
+        response.status != 200
+        or not isinstance(response, web.Response)
+        or response.content_type != "application/json"
+        or not isinstance(response.body, bytes)
+    ):
+        return response
+    shown = visible(json.loads(response.body), client.allows_model)
+    if shown is HIDDEN:
+        err = ModelHidden(f"model {request.match_info.get('model') or request.match_info.get('name')!r} not found")
+        return error_response(err, flavour_for(request, family))
+    response.body = json.dumps(shown).encode()
+    return response
 
 
 def _parsed(body: bytes) -> dict[str, Any] | None:

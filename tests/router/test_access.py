@@ -247,3 +247,20 @@ def test_with_everything_off_no_middleware_is_installed() -> None:
     assert list(app.on_response_prepare) == []
     on = RouterSettings(rate_limit_per_s=1.0)
     assert len(build_app(on, on.pier_config()).middlewares) == 1
+
+
+def test_visibility_of_listings() -> None:
+    from services.router.visibility import HIDDEN, visible
+
+    def allows(model: str) -> bool:
+        return model.startswith("ai/gemma3")
+
+    openai_list = {"object": "list", "data": [{"id": "ai/gemma3", "object": "model"}, {"id": "x", "object": "model"}]}
+    assert [e["id"] for e in visible(openai_list, allows)["data"]] == ["ai/gemma3"]
+    anthropic_list = {"data": [{"id": "x", "type": "model"}], "has_more": False, "first_id": "x", "last_id": "x"}
+    assert visible(anthropic_list, allows) == {"data": [], "has_more": False, "first_id": None, "last_id": None}
+    inventory = [{"id": "sha256:1", "tags": ["ai/gemma3:latest"]}, {"id": "sha256:2", "tags": ["ai/smollm2"]}]
+    assert visible(inventory, allows) == inventory[:1]
+    assert visible([{"model_name": "ai/smollm2", "backend_name": "llama.cpp"}], allows) == []
+    assert visible({"id": "x", "object": "model"}, allows) is HIDDEN
+    assert visible({"version": "1", "service": "pier-router"}, allows) == {"version": "1", "service": "pier-router"}

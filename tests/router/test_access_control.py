@@ -216,3 +216,40 @@ def test_no_key_appears_in_the_router_output(stack: Stack) -> None:
     assert "refused" in output  # the refusals above were logged (at info), by name or outcome only
     for key in (KEY_A, KEY_B, KEY_ENV, ADMIN):
         assert key not in output
+
+
+@pytest.mark.parametrize(
+    ("path", "empty"),
+    [
+        ("/v1/models", lambda body: body["data"] == []),
+        ("/engines/v1/models", lambda body: body["data"] == []),
+        ("/anthropic/v1/models", lambda body: body["data"] == [] and body["first_id"] is None),
+        ("/olla/models", lambda body: body["data"] == []),
+        ("/models", lambda body: body == []),
+        ("/engines/ps", lambda body: body == []),
+    ],
+)
+async def test_a_restricted_key_sees_only_its_models(stack: Stack, path: str, empty: Any) -> None:
+    async with aiohttp.ClientSession(base_url=stack.url) as http:
+        async with http.get(path, headers={"x-api-key": KEY_A}) as resp:
+            assert resp.status == 200
+            everything = await resp.json()
+        async with http.get(path, headers={"x-api-key": KEY_B}) as resp:  # ai/gemma3* only; e1 serves smollm2
+            assert resp.status == 200
+            assert empty(await resp.json())
+    if path != "/engines/ps":  # nothing may be loaded yet
+        assert not empty(everything)
+
+
+async def test_a_restricted_key_gets_404_for_a_model_outside_its_globs(stack: Stack) -> None:
+    async with aiohttp.ClientSession(base_url=stack.url) as http:
+        async with http.get("/v1/models/ai/smollm2", headers={"x-api-key": KEY_A}) as resp:
+            assert resp.status == 200
+        async with http.get("/v1/models/ai/smollm2", headers={"x-api-key": KEY_B}) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["code"] == "model_not_found"
+        async with http.get("/models/ai/smollm2", headers={"x-api-key": KEY_B}) as resp:
+            assert resp.status == 404
+        async with http.get("/anthropic/v1/models/ai/smollm2", headers={"x-api-key": KEY_B}) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["type"] == "error"

@@ -26,6 +26,9 @@ WARMUP_LEASE = f"{PREFIX}lease:warmup"
 # Sorted set: "endpoint\x1fmodel" -> unix time of its last warm-state write.
 WARM_INDEX = f"{PREFIX}warm"
 
+# Hash {tokens, stamp}: the global rate-limit bucket shared by router replicas (PIER_RATE_LIMIT_SHARED).
+RATE_GLOBAL = f"{PREFIX}ratelimit:global"
+
 EVENTS_MAXLEN = 10_000
 SIGNALS_MAXLEN = 1_000
 
@@ -51,3 +54,9 @@ def warm_state(endpoint: str, model: str) -> str:
 
 def warm_member(endpoint: str, model: str) -> str:
     return f"{endpoint}\x1f{model}"
+
+
+def rate_bucket(digest: str) -> str:
+    """Hash {tokens, stamp}, PEXPIRE'd once full again: one client's shared rate-limit bucket. `digest` is a hash
+    of the client's identity (services.router.sharedlimit.bucket_id): nothing a client sends is in a key."""
+    return f"{PREFIX}ratelimit:client:{digest}"

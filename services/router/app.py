@@ -19,7 +19,10 @@ from redis.exceptions import RedisError
 from services.router.circuit import Circuits
 from services.router.errors import answer_error, check_header_size
 from services.router.exchange import Exchanger
+from services.router.expect import expect_handler
+from services.router.gate import build_gate
 from services.router.headers import RequestIds
+from services.router.openapi import OpenApiRoute
 from services.router.proxy import Api, Proxy
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
@@ -98,7 +101,7 @@ def add_fallback(router: web.UrlDispatcher, max_header_bytes: int) -> None:
             raise web.HTTPMethodNotAllowed(request.method, allowed)
         raise web.HTTPNotFound()
 
-    catch_all.add_route("*", guarded(nowhere, max_header_bytes))
+    catch_all.add_route("*", guarded(nowhere, max_header_bytes), expect_handler=expect_handler)
 
 
 def add_routes(
@@ -115,10 +118,11 @@ def add_routes(
         return handler if telemetry is None else telemetry.wrap(handler)
 
     def add(method: str, path: str, handler: Handler) -> None:
-        router.add_route(method, path, traced(guarded(handler, max_header_bytes)))
+        router.add_route(method, path, traced(guarded(handler, max_header_bytes)), expect_handler=expect_handler)
 
     def add_inference(path: str, handler: Handler) -> None:
-        router.add_route("POST", path, traced(handler))  # guarded by `Proxy.forward` itself
+        # guarded by `Proxy.forward` itself
+        router.add_route("POST", path, traced(handler), expect_handler=expect_handler)
 
     for prefix in PREFIXES:
         for op in OPS:
@@ -153,6 +157,7 @@ def add_routes(
     if metrics is not None:
         add("GET", "/internal/metrics", metrics)
     add("GET", "/version", status.version)
+    add("GET", "/openapi.json", OpenApiRoute(router).handle)
     add("GET", "/", status.root)
     add_fallback(router, max_header_bytes)  # last: it takes any path
 
@@ -218,6 +223,10 @@ def build_app(settings: RouterSettings, config: PierConfig, telemetry: Telemetry
                 await asyncio.wait_for(cache.drain_signals(), STATE_STOP_S)
             await cache.close()
 
+    gate = build_gate(settings)
+    if gate is not None:  # access control or limits on; off, the request path has no middleware at all
+        shared_url = settings.redis_url if settings.rate_limit_shared else None
+        gate.install(app, shared_redis_url=shared_url, timeout_s=settings.rate_limit_redis_timeout_s)
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(state_ctx)
     add_routes(app, proxy, status, settings.max_header_bytes, observed, prometheus_handler(telemetry))

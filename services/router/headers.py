@@ -1,7 +1,8 @@
 """Which headers cross the proxy, in each direction, and the `X-Pier-*` headers the router adds.
 
 Request: hop-by-hop headers, the client's credentials (`Authorization`, `X-Api-Key`, `Cookie`,
-`Proxy-Authorization`) and its `Origin` (DMR answers 403 to a foreign Origin) stay behind; `Host` and
+`Proxy-Authorization`), its `Origin` (DMR answers 403 to a foreign Origin) and its forwarding claims
+(`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Original-URL`) stay behind; `Host` and
 `Content-Length` are the upstream request's own; the endpoint's configured headers/auth are added. Response:
 hop-by-hop headers and `Set-Cookie` stay behind.
 """
@@ -43,6 +44,18 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "origin",
     "expect",
     "x-request-id",
+    # What a client claims about the path it came by: an endpoint (or a proxy in front of one) must not route
+    # or trust on it. Pier reads X-Forwarded-For itself, from trusted proxies only (services.router.access).
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
 }
 _RESPONSE_DROP = HOP_BY_HOP | {"set-cookie"}
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from services.router.access import (
+    DEFAULT_INTERNAL_CIDRS,
+    KeyTable,
+    build_keys,
+    parse_inline_keys,
+    parse_networks,
+    read_key_file,
+)
 from services.router.sessions import DEFAULT_SOURCES, Source
 from shared.durations import Seconds
+from shared.endpoints import read_secret
+from shared.errors import ConfigError
 from shared.settings import CommonSettings
 
 MIB = 1024 * 1024
@@ -88,6 +98,102 @@ class RouterSettings(CommonSettings):
                     raise ValueError(f"unknown source {name!r}; the sources are {known}")
             return tuple(Source(name) for name in dict.fromkeys(names))
         return value
+
+    # --- client access control and limits (services.router.gate); all off by default -------------------------
+    # PIER_ACCESS_CONTROL: require a client key on every route (401/403 otherwise); /internal/* by address or
+    # admin key.
+    access_control: bool = False
+    # PIER_API_KEYS: client keys, `name=key,name=key` (every model, default limits) or a JSON list of entries
+    # {name, key, models, rate_per_s, burst, max_concurrent}. Also read from /run/secrets/PIER_API_KEYS.
+    api_keys: SecretStr = SecretStr("")
+    # PIER_API_KEYS_FILE: a YAML file `keys: [{name, key | key_file, models, ...}]`; a bare name is looked up in
+    # /run/secrets. Its keys add to PIER_API_KEYS.
+    api_keys_file: str | None = None
+    # PIER_ADMIN_KEY / PIER_ADMIN_KEY_FILE: opens /internal/* from anywhere (client keys never do).
+    admin_key: SecretStr = SecretStr("")
+    admin_key_file: str | None = None
+    # PIER_INTERNAL_CIDRS: with access control on, /internal/* answers these networks without a key.
+    internal_cidrs: str = DEFAULT_INTERNAL_CIDRS
+    # PIER_TRUSTED_PROXIES: peers (CIDRs) whose X-Forwarded-For names the client; from anyone else it is ignored.
+    trusted_proxies: str = ""
+    # PIER_RATE_LIMIT_PER_S / PIER_RATE_LIMIT_BURST: each client's token bucket (a key's name, else its address;
+    # 0 = off; burst 0 = one second's worth). Per router process, on every route but /internal/health.
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=0, ge=0)
+    # PIER_RATE_LIMIT_GLOBAL_PER_S / PIER_RATE_LIMIT_GLOBAL_BURST: one bucket for all clients together (0 = off).
+    rate_limit_global_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_global_burst: int = Field(default=0, ge=0)
+    # PIER_MAX_CONCURRENT_PER_CLIENT: requests (streams included, to their end) one client may have in flight
+    # (0 = no limit); a key's own max_concurrent overrides it.
+    max_concurrent_per_client: int = Field(default=0, ge=0)
+    # PIER_RATE_LIMIT_SHARED: keep the token buckets in Redis, shared by every router replica and worker (one
+    # round trip per request; limited locally while Redis fails). In-flight counts stay per process.
+    rate_limit_shared: bool = False
+    # PIER_RATE_LIMIT_REDIS_TIMEOUT_S: a shared-bucket answer slower than this counts as Redis failing.
+    rate_limit_redis_timeout_s: Seconds = Field(default=0.25, gt=0)
+    # --- input limits on JSON bodies (services.router.inputs); 0 = off ---------------------------------------
+    # PIER_MAX_JSON_DEPTH: a body nested deeper gets 400 `json_too_deep` (past ~900 levels the parser's own 400).
+    max_json_depth: int = Field(default=0, ge=0)
+    # PIER_MAX_MESSAGES: more `messages` than this get 422 `too_many_messages`.
+    max_messages: int = Field(default=0, ge=0)
+    # PIER_MAX_STRING_CHARS: any longer string (value or key) in the body gets 413 `string_too_long`.
+    max_string_chars: int = Field(default=0, ge=0)
+
+    @field_validator("internal_cidrs", "trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        parse_networks(value, "CIDR list")
+        return value
+
+    @model_validator(mode="after")
+    def _access_table(self) -> Self:
+        if self.access_control:
+            self.key_table()  # a bad key, file or duplicate ends start-up with one line (ConfigError)
+        return self
+
+    @property
+    def limits_on(self) -> bool:
+        return self.rate_limit_per_s > 0 or self.rate_limit_global_per_s > 0 or self.max_concurrent_per_client > 0
+
+    def key_table(self) -> KeyTable:
+        """The client keys, admin key and networks (ConfigError naming the setting when one is wrong)."""
+        entries: list[tuple[object, str]] = []
+        inline = self.api_keys.get_secret_value()
+        try:
+            entries += [(e, f"PIER_API_KEYS entry {i + 1}") for i, e in enumerate(parse_inline_keys(inline))]
+        except ValueError as exc:
+            raise ConfigError("PIER_API_KEYS", "(hidden)", str(exc)) from None
+        if self.api_keys_file:
+            try:
+                data = read_key_file(self.api_keys_file)
+            except ValueError as exc:
+                raise ConfigError("PIER_API_KEYS_FILE", self.api_keys_file, str(exc)) from None
+            entries += [(e, f"{self.api_keys_file} entry {i + 1}") for i, e in enumerate(data)]
+        admin = self.admin_key.get_secret_value()
+        if self.admin_key_file and not admin:
+            try:
+                admin = read_secret(self.admin_key_file)
+            except ValueError as exc:
+                raise ConfigError("PIER_ADMIN_KEY_FILE", self.admin_key_file, str(exc)) from None
+        try:
+            keys, admin_digest = build_keys(entries, admin or None)
+        except ValueError as exc:
+            where = (
+                "PIER_API_KEYS_FILE"
+                if self.api_keys_file and str(exc).startswith(self.api_keys_file)
+                else ("PIER_ADMIN_KEY" if "admin key" in str(exc) else "PIER_API_KEYS")
+            )
+            raise ConfigError(where, "(hidden)", str(exc)) from None
+        if self.access_control and not keys:
+            raise ConfigError(
+                "PIER_ACCESS_CONTROL", "true", "no client key is configured (PIER_API_KEYS or PIER_API_KEYS_FILE)"
+            )
+        return KeyTable(
+            keys=keys,
+            admin_digest=admin_digest,
+            internal_nets=parse_networks(self.internal_cidrs, "PIER_INTERNAL_CIDRS"),
+            trusted_proxies=parse_networks(self.trusted_proxies, "PIER_TRUSTED_PROXIES"),
+        )
 
     @field_validator("loading_retry_max_s")
     @classmethod

@@ -57,7 +57,9 @@ async def router_for(procs: ProcessFactory, fleet: Fleet, balancer: str) -> Proc
             url = f"{fleet.emus[name].url}/engines/_configure"
             async with http.post(url, json={"model": MODEL}) as resp:
                 assert resp.status == 202, await resp.text()
-    router = start_router(procs, fleet.redis_url, fleet.config, PIER_LOAD_BALANCER=balancer)
+    # Affinity off: these identical chats share one conversation prefix, which affinity (on by default) would
+    # keep on one endpoint by design; the balancers are what is measured here (affinity: test_affinity*).
+    router = start_router(procs, fleet.redis_url, fleet.config, PIER_LOAD_BALANCER=balancer, PIER_AFFINITY="false")
     await wait_routable(router.url, [*TOP], loaded=True)
     await wait_routable(router.url, ["d"])
     return router

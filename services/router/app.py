@@ -18,9 +18,12 @@ from redis.exceptions import RedisError
 
 from services.router.circuit import Circuits
 from services.router.errors import answer_error, check_header_size
+from services.router.events import EventLog
 from services.router.exchange import Exchanger
 from services.router.headers import RequestIds
+from services.router.page import StatusPage
 from services.router.proxy import Api, Proxy
+from services.router.rates import LiveRates
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.statecache import StateCache
@@ -108,6 +111,7 @@ def add_routes(
     max_header_bytes: int,
     telemetry: RouterTelemetry | None = None,
     metrics: Handler | None = None,
+    page: tuple[StatusPage, LiveRates, EventLog] | None = None,
 ) -> None:
     router = app.router
 
@@ -153,7 +157,14 @@ def add_routes(
     if metrics is not None:
         add("GET", "/internal/metrics", metrics)
     add("GET", "/version", status.version)
-    add("GET", "/", status.root)
+    if page is None:
+        add("GET", "/", status.root)
+    else:
+        ui, rates, events = page  # the status page: `/` for browsers, its files, and the JSON only it needs
+        add("GET", "/internal/status/rates", rates.route)
+        add("GET", "/internal/events", events.route)
+        add("GET", "/internal/ui/{asset}", ui.asset)
+        add("GET", "/", ui.root)
     add_fallback(router, max_header_bytes)  # last: it takes any path
 
 
@@ -220,5 +231,8 @@ def build_app(settings: RouterSettings, config: PierConfig, telemetry: Telemetry
 
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(state_ctx)
-    add_routes(app, proxy, status, settings.max_header_bytes, observed, prometheus_handler(telemetry))
+    events = EventLog(settings.redis_url)
+    app.on_cleanup.append(events.close)
+    page = (StatusPage(status.root), LiveRates(observed), events)
+    add_routes(app, proxy, status, settings.max_header_bytes, observed, prometheus_handler(telemetry), page)
     return app

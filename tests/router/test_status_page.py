@@ -197,6 +197,24 @@ async def test_rates_come_from_the_routers_counters(stack: Stack) -> None:
     assert all(e["error_rate"] == 0 and e["p95_ms"] is not None and e["p95_ms"] > 0 for e in served)
 
 
+async def test_without_redis_or_metrics_the_page_routes_say_why(
+    procs: ProcessFactory, tmp_path: Path, own_redis: RedisServer
+) -> None:
+    router = start_router(procs, own_redis.url, write_config(tmp_path / "none.yaml", []))
+    status, _, body = await get(f"{router.url}/internal/status/rates")
+    rates = json.loads(body)
+    assert status == 200
+    assert rates["enabled"] is False
+    assert "PIER_PROMETHEUS_METRICS" in rates["reason"]
+    own_redis.stop()
+    status, got, body = await get(f"{router.url}/internal/events")
+    assert status == 503
+    assert got["Content-Type"].startswith("application/json")
+    assert json.loads(body)["error"]["code"] == "events_unavailable"
+    status, _, _ = await get(f"{router.url}/", Accept=BROWSER_ACCEPT)
+    assert status == 200  # the page itself needs nothing but the router
+
+
 # --- the page in a browser -----------------------------------------------------------------------------------
 
 

@@ -232,7 +232,7 @@ def build_app(settings: RouterSettings, config: PierConfig, telemetry: Telemetry
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(state_ctx)
     events = EventLog(settings.redis_url)
-    app.on_cleanup.append(events.close)
+    app.cleanup_ctx.append(events.lifecycle)
     page = (StatusPage(status.root), LiveRates(observed), events)
     add_routes(app, proxy, status, settings.max_header_bytes, observed, prometheus_handler(telemetry), page)
     return app

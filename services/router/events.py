@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -144,7 +145,12 @@ class EventLog:
             raise EventsUnavailable("the event stream is unavailable: Redis did not answer") from exc
         return web.json_response(data, headers={"Cache-Control": "no-store"})
 
-    async def close(self, app: web.Application | None = None) -> None:
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """The app's cleanup context: the client is made on first use and closed when the app stops."""
+        yield
+        await self.close()
+
+    async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

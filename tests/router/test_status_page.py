@@ -292,7 +292,7 @@ async def test_page_shows_endpoints_and_models_and_names_stay_text(stack: Stack)
 async def test_a_killed_endpoint_turns_offline_without_a_reload(
     procs: ProcessFactory, tmp_path: Path, own_redis: RedisServer
 ) -> None:
-    interval_s = 3.0
+    interval_s = 5.0  # the page polls every 2 s: detection (<= 5 s) + a poll fits in two intervals with room
     entry = {"check_interval": f"{interval_s:g}s"}
     specs = [EmuSpec("alpha", entry=entry), EmuSpec("beta", entry=entry)]
     stack = build_stack(procs, tmp_path, own_redis.url, specs, router_extra=PAGE_ENV)

@@ -286,6 +286,8 @@ async def test_page_shows_endpoints_and_models_and_names_stay_text(stack: Stack)
         # A phone: nothing overflows the page sideways (the tables scroll inside their box).
         await page.set_viewport_size({"width": 390, "height": 844})
         assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        if os.environ.get("PIER_UPDATE_SCREENSHOT") == "1":
+            (ROOT / "docs" / "status-page-phone.png").write_bytes(await page.screenshot(full_page=True))
         assert problems == []
 
 

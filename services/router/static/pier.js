@@ -95,8 +95,9 @@
   function endpointRow(name) {
     const tr = el("tr");
     const cells = {};
-    const add = (key, className) => {
+    const add = (key, className, label) => {
       const td = el("td", className);
+      if (label) td.dataset.label = label; // the field's name on a phone, where rows become cards
       tr.appendChild(td);
       cells[key] = td;
       return td;
@@ -104,19 +105,19 @@
     const who = add("who");
     cells.name = who.appendChild(el("span", "name"));
     cells.url = who.appendChild(el("span", "sub"));
-    const status = add("status");
+    const status = add("status", "", "Status");
     cells.badge = status.appendChild(el("span", "badge"));
     cells.reason = status.appendChild(el("span", "sub"));
-    add("priority", "num opt");
-    add("latency", "num");
-    add("version", "opt");
-    add("inflight", "num opt");
-    const circuit = add("circuit", "opt");
+    add("priority", "num", "Priority");
+    add("latency", "num", "Latency");
+    add("version", "", "DMR");
+    add("inflight", "num", "In flight");
+    const circuit = add("circuit", "", "Circuit");
     cells.circuitBadge = circuit.appendChild(el("span", "badge"));
-    add("models");
-    add("rps", "num");
-    add("errors", "num");
-    add("p95", "num");
+    add("models", "", "Models");
+    add("rps", "num", "Req/s");
+    add("errors", "num", "Errors");
+    add("p95", "num", "p95");
     tr.dataset.name = name;
     tr._cells = cells;
     setText(cells.name, name);
@@ -207,8 +208,10 @@
   function modelRow(name) {
     const tr = el("tr");
     const cells = {};
+    const labels = { warm: "Warm", loading: "Loading", cold: "Cold", failed: "Failed" };
     for (const key of ["name", "warm", "loading", "cold", "failed"]) {
       const td = el("td", key === "name" ? "name" : `where ${key}`);
+      if (labels[key]) td.dataset.label = labels[key];
       tr.appendChild(td);
       cells[key] = td;
     }

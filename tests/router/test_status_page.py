@@ -90,6 +90,20 @@ def test_grafana_url_must_be_http(url: str) -> None:
     assert RouterSettings(grafana_url=" https://grafana.example/d/x ").grafana_url == "https://grafana.example/d/x"
 
 
+def test_the_wheel_ships_every_asset() -> None:
+    """pyproject's package-data names the page's files (the wheel and the image serve them from the package)."""
+    import fnmatch
+    import tomllib
+
+    from services.router.page import ASSETS
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-data"
+    ]["services.router"]
+    for name in ASSETS:
+        assert any(fnmatch.fnmatch(f"static/{name}", pattern) for pattern in patterns), name
+
+
 # --- one stack for the routes and the read-only browser checks ---------------------------------------------
 
 

@@ -18,12 +18,15 @@ from redis.exceptions import RedisError
 
 from services.router.circuit import Circuits
 from services.router.errors import answer_error, check_header_size
+from services.router.events import EventLog
 from services.router.exchange import Exchanger
 from services.router.expect import expect_handler
 from services.router.gate import build_gate
 from services.router.headers import RequestIds
 from services.router.openapi import OpenApiRoute
+from services.router.page import StatusPage
 from services.router.proxy import Api, Proxy
+from services.router.rates import LiveRates
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.statecache import StateCache
@@ -111,6 +114,7 @@ def add_routes(
     max_header_bytes: int,
     telemetry: RouterTelemetry | None = None,
     metrics: Handler | None = None,
+    page: tuple[StatusPage, LiveRates, EventLog] | None = None,
 ) -> None:
     router = app.router
 
@@ -158,7 +162,14 @@ def add_routes(
         add("GET", "/internal/metrics", metrics)
     add("GET", "/version", status.version)
     add("GET", "/openapi.json", OpenApiRoute(router).handle)
-    add("GET", "/", status.root)
+    if page is None:
+        add("GET", "/", status.root)
+    else:
+        ui, rates, events = page  # the status page: `/` for browsers, its files, and the JSON only it needs
+        add("GET", "/internal/status/rates", rates.route)
+        add("GET", "/internal/events", events.route)
+        add("GET", "/internal/ui/{asset}", ui.asset)
+        add("GET", "/", ui.root)
     add_fallback(router, max_header_bytes)  # last: it takes any path
 
 
@@ -229,5 +240,8 @@ def build_app(settings: RouterSettings, config: PierConfig, telemetry: Telemetry
         gate.install(app, shared_redis_url=shared_url, timeout_s=settings.rate_limit_redis_timeout_s)
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(state_ctx)
-    add_routes(app, proxy, status, settings.max_header_bytes, observed, prometheus_handler(telemetry))
+    events = EventLog(settings.redis_url)
+    app.cleanup_ctx.append(events.lifecycle)
+    page = (StatusPage(status.root), LiveRates(observed), events)
+    add_routes(app, proxy, status, settings.max_header_bytes, observed, prometheus_handler(telemetry), page)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -65,6 +66,9 @@ class RouterSettings(CommonSettings):
     anthropic_ping_interval_s: Seconds = Field(default=10.0, gt=0)
     # PIER_PROMETHEUS_METRICS: serve the router's OpenTelemetry metrics at GET /internal/metrics (Prometheus text).
     prometheus_metrics: bool = False
+    # PIER_GRAFANA_URL: the status page at `/` links here (the `observability` profile's Grafana, e.g.
+    # http://localhost:3000); empty: no link. An http(s) URL only.
+    grafana_url: str = ""
     # PIER_CHECK_TIMEOUT_S: how long `--check` waits for /internal/health.
     check_timeout_s: Seconds = Field(default=3.0, gt=0)
     # PIER_ROUTE_WARM_ACROSS_TIERS: prefer an endpoint of a lower priority where the model is loaded over a
@@ -194,6 +198,17 @@ class RouterSettings(CommonSettings):
             internal_nets=parse_networks(self.internal_cidrs, "PIER_INTERNAL_CIDRS"),
             trusted_proxies=parse_networks(self.trusted_proxies, "PIER_TRUSTED_PROXIES"),
         )
+
+    @field_validator("grafana_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+            raise ValueError("must be an http:// or https:// URL (or empty for no link)")
+        return value
 
     @field_validator("loading_retry_max_s")
     @classmethod

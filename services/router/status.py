@@ -13,6 +13,7 @@ from aiohttp import web
 
 import services.router.listing as listing
 from services.router.circuit import Circuits
+from services.router.conditional import answer
 from services.router.errors import ManagementNotProxied, ModelNotFound
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
@@ -136,34 +137,39 @@ class StatusRoutes:
         for target in table.targets.values():
             by_status[target.status.value] = by_status.get(target.status.value, 0) + 1
         state = self.state
-        return _json(
-            {
-                "service": "pier-router",
-                "version": _pier_version(),
-                "instance_id": self.settings.instance_id,
-                "pid": os.getpid(),
-                "workers": self.settings.workers,
-                "redis": {"connected": bool(state is not None and state.connected)},
-                "table": {"version": table.version, "age_s": round(max(0.0, time.time() - table.built_at), 3)},
-                "load_balancer": self.config.load_balancer.value,
-                "routing_strategy": self.config.routing_strategy.value,
-                "endpoints": {
-                    "total": len(table.targets),
-                    "routable": sum(1 for t in table.targets.values() if t.routable),
-                    "by_status": by_status,
-                },
-                "models": len(table.model_names),
-                "circuits_open": sorted(self.circuits.blocked()),
-                "runtime": self.runtime.describe(),
-            }
-        )
+        runtime = self.runtime.describe()
+        data: dict[str, Any] = {
+            "service": "pier-router",
+            "version": _pier_version(),
+            "instance_id": self.settings.instance_id,
+            "pid": os.getpid(),
+            "workers": self.settings.workers,
+            "redis": {"connected": bool(state is not None and state.connected)},
+            "table": {"version": table.version, "age_s": round(max(0.0, time.time() - table.built_at), 3)},
+            "load_balancer": self.config.load_balancer.value,
+            "routing_strategy": self.config.routing_strategy.value,
+            "endpoints": {
+                "total": len(table.targets),
+                "routable": sum(1 for t in table.targets.values() if t.routable),
+                "by_status": by_status,
+            },
+            "models": len(table.model_names),
+            "circuits_open": sorted(self.circuits.blocked()),
+            "runtime": runtime,
+            "grafana_url": self.settings.grafana_url or None,
+        }
+        # The ages change on every read; the ETag (for the status page's conditional GETs) leaves them out.
+        stable = {**data, "table": {"version": table.version}, "runtime": {**runtime, "uptime_s": None}}
+        return answer(request, data, stable=stable)
 
     async def endpoints(self, request: web.Request) -> web.Response:
         now = time.time()
-        return _json({"endpoints": [self._describe(target, now) for target in self.table.ordered_targets()]})
+        described = [self._describe(target, now) for target in self.table.ordered_targets()]
+        stable = [_stable(entry) for entry in described]
+        return answer(request, {"endpoints": described}, stable={"endpoints": stable})
 
     async def models_status(self, request: web.Request) -> web.Response:
-        return _json(listing.models_status(self.table))
+        return answer(request, listing.models_status(self.table))
 
     def _describe(self, target: Target, now: float) -> dict[str, Any]:
         state = target.state
@@ -200,6 +206,13 @@ class StatusRoutes:
             raise ManagementNotProxied(what, command)
 
         return refuse
+
+
+def _stable(entry: dict[str, Any]) -> dict[str, Any]:
+    """An endpoint's description without what changes on every read (ages, a countdown): the ETag's basis."""
+    out = {k: v for k, v in entry.items() if k != "state_age_s"}
+    out["circuit"] = {k: v for k, v in entry["circuit"].items() if k != "retry_after_s"}
+    return out
 
 
 def _running(status: str) -> bool:

@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import string
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -236,5 +237,12 @@ def test_openapi_describes_every_family(stack: Stack) -> None:
     # Every path listed is served: a GET on each GET path without parameters answers something but 404/405.
     for path, operations in paths.items():
         if "get" in operations and "{" not in path:
+            if path == "/internal/metrics":
+                # The one route a setting switches off says which setting (PIER_PROMETHEUS_METRICS is off here).
+                with pytest.raises(urllib.error.HTTPError) as off:
+                    urllib.request.urlopen(f"{stack.url}{path}", timeout=10)
+                assert off.value.code == 404
+                assert "PIER_PROMETHEUS_METRICS" in off.value.read().decode()
+                continue
             with urllib.request.urlopen(f"{stack.url}{path}", timeout=10) as resp:
                 assert resp.status == 200, path

@@ -203,7 +203,7 @@ class Proxy:
 
             flavour = Flavour.ANTHROPIC if anthropic else Flavour.OPENAI
             candidates, reason = decision.candidates, decision.reason
-            if self._affinity is not None and len(candidates) > 1 and (anthropic or op in _CONVERSATIONS):
+            if self._affinity is not None and len(candidates) > 1 and (api is Api.ANTHROPIC or op in _CONVERSATIONS):
                 placed = self._affinity.place(request.headers, body, data, decision, anthropic)
                 if placed is not None:
                     candidates, reason = placed.candidates, f"{reason};affinity={placed.mark}"

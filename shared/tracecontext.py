@@ -10,9 +10,14 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link
 from opentelemetry.util.types import AttributeValue
 
+from shared.leanspan import ACTIVE
+
 
 def current_traceparent() -> str | None:
     """The `traceparent` of the active span, or None when nothing is being traced."""
+    lean = ACTIVE.get()
+    if lean is not None:  # the router's request span (Pier's own record, `shared.leanspan`)
+        return lean.traceparent
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent")

@@ -313,7 +313,8 @@ class RequestTrace:
     def attempt_start(self, call: Call, target: Target, model: str, headers: CIMultiDict[str]) -> Attempt:
         """A CLIENT span for one endpoint, sibling of the other attempts; its context goes to the endpoint."""
         owner = self._owner
-        watch = ResponseWatch(strip_usage=self.strip_usage, clock=owner._clock)
+        # Unsampled: only the token counts are needed (metrics), so a whole JSON answer is not parsed whole.
+        watch = ResponseWatch(strip_usage=self.strip_usage, clock=owner._clock, usage_only=self.span is None)
         call.watch = watch
         name = model or self.request_model
         span = self.span
@@ -381,9 +382,24 @@ class Attempt:
 
     def end(self, request: web.Request) -> None:
         owner = self._trace._owner
-        span, answer = self.span, self.watch.answer
+        answer = self.watch.answer
         now = owner._clock()
-        attrs: dict[str, Any] = {}
+        ttfc: float | None = None
+        if answer.stream and answer.first_chunk_at is not None:
+            ttfc = answer.first_chunk_at - self.started
+        error_type = self.error_type
+        response = self.response
+        if response is not None and response.status >= 400 and error_type is None:
+            error_type = str(response.status)
+        if answer.cut is not None:
+            error_type = answer.cut
+        if self.span is not None:
+            self._finish_span(self.span, request, ttfc, error_type)
+        self._record(now, ttfc, error_type)
+
+    def _finish_span(self, span: LeanSpan, request: web.Request, ttfc: float | None, error_type: str | None) -> None:
+        attrs = span.attributes
+        answer = self.watch.answer
         if answer.response_id is not None:
             attrs["gen_ai.response.id"] = answer.response_id
         if answer.response_model is not None:
@@ -394,32 +410,17 @@ class Attempt:
             attrs["gen_ai.usage.input_tokens"] = answer.input_tokens
         if answer.output_tokens is not None:
             attrs["gen_ai.usage.output_tokens"] = answer.output_tokens
-        ttfc: float | None = None
-        if answer.stream and answer.first_chunk_at is not None:
-            ttfc = answer.first_chunk_at - self.started
+        if ttfc is not None:
             attrs["gen_ai.response.time_to_first_chunk"] = ttfc
-        error_type = self.error_type
         response = self.response
         if response is not None:
             attrs["http.response.status_code"] = response.status
-            if response.status >= 400 and error_type is None:
-                error_type = str(response.status)
-        if answer.cut is not None:
-            error_type = answer.cut
-        if span is not None:
-            self._finish_span(span, request, attrs, error_type, response is None)
-        self._record(now, ttfc, error_type)
-
-    def _finish_span(
-        self, span: LeanSpan, request: web.Request, attrs: dict[str, Any], error_type: str | None, unanswered: bool
-    ) -> None:
         transport = request.transport
-        if error_type is None and (unanswered or transport is None or transport.is_closing()):
+        if error_type is None and (response is None or transport is None or transport.is_closing()):
             # The client left (before or during the answer): not the endpoint's failure, and not an error.
             attrs["pier.client.cancelled"] = True
         if error_type is not None:
             attrs["error.type"] = error_type
-        span.attributes.update(attrs)
         span.end(error=error_type is not None)
 
     def _record(self, now: float, ttfc: float | None, error_type: str | None) -> None:

@@ -85,6 +85,34 @@ class Answer:
                 setattr(self, attr, value)
 
 
+_USAGE_KEY = b'"usage"'
+_DECODER = json.JSONDecoder()
+_TRAILER = 4096  # a usage object is far smaller; a longer tail is parsed whole instead
+
+
+def _trailing_usage(body: bytearray) -> dict[str, Any] | None:
+    """The `usage` object when it is the last member of the answer's top-level object (as OpenAI- and
+    Anthropic-shaped answers put it), read without parsing the rest (the content may be long); None when that
+    cannot be told for sure, and the whole answer is then parsed.
+
+    Inside a JSON string every quote is escaped, so an unescaped `"usage"` followed by `:` is a key; it is the
+    top-level one when its value ends right before the object's closing brace."""
+    at = body.rfind(_USAGE_KEY)
+    if at <= 0 or body[at - 1] == 0x5C or len(body) - at > _TRAILER:
+        return None
+    try:
+        tail = body[at + len(_USAGE_KEY) :].decode("utf-8").lstrip()
+        if not tail.startswith(":"):
+            return None
+        tail = tail[1:].lstrip()
+        value, end = _DECODER.raw_decode(tail)
+    except ValueError:
+        return None
+    if tail[end:].strip() != "}" or not isinstance(value, dict):
+        return None
+    return value
+
+
 def _is_usage_only(payload: Any) -> bool:
     return isinstance(payload, dict) and payload.get("choices") == [] and isinstance(payload.get("usage"), dict)
 
@@ -96,9 +124,10 @@ class ResponseWatch:
     `feed` returns) and `end` at the end of the body (it sends what `end` returns).
     """
 
-    def __init__(self, *, strip_usage: bool, clock: Callable[[], float]) -> None:
+    def __init__(self, *, strip_usage: bool, clock: Callable[[], float], usage_only: bool = False) -> None:
         self.answer = Answer()
         self._strip_usage = strip_usage
+        self._usage_only = usage_only  # a whole JSON answer: only its token usage is wanted (unsampled request)
         self._clock = clock
         self._sse = False
         self._json = False
@@ -127,8 +156,12 @@ class ResponseWatch:
 
     def end(self) -> bytes:
         if self._json and self._buffer:
-            with contextlib.suppress(ValueError):
-                self.answer.read(json.loads(self._buffer))
+            usage = _trailing_usage(self._buffer) if self._usage_only else None
+            if usage is not None:
+                self.answer._usage(usage)
+            else:
+                with contextlib.suppress(ValueError):
+                    self.answer.read(json.loads(self._buffer))
             self._buffer.clear()
             return b""
         rest = bytes(self._buffer)

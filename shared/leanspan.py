@@ -23,7 +23,6 @@ import random
 import re
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
@@ -31,6 +30,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+from shared.tracecontext import ACTIVE
+
+__all__ = ["ACTIVE", "Inbound", "LeanSpan", "LeanTracer", "new_trace_id", "parse_traceparent", "unsampled_traceparent"]
 
 # The W3C header as the SDK's propagator reads it (lower-case hex, a future version may append fields).
 _TRACEPARENT = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
@@ -207,6 +210,3 @@ def _ask(sampler: Sampler, trace_id: int, inbound: Inbound | None) -> bool:
     if inbound is not None:
         parent = trace.set_span_in_context(trace.NonRecordingSpan(inbound.context()))
     return sampler.should_sample(parent, trace_id, "", SpanKind.SERVER).decision is Decision.RECORD_AND_SAMPLE
-
-
-ACTIVE: ContextVar[LeanSpan | None] = ContextVar("pier_active_lean_span", default=None)

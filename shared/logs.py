@@ -10,7 +10,7 @@ import sys
 
 from opentelemetry import trace
 
-from shared.leanspan import ACTIVE
+from shared.tracecontext import ACTIVE
 
 
 class _JsonFormatter(logging.Formatter):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link
 from opentelemetry.util.types import AttributeValue
 
-from shared.leanspan import ACTIVE
+if TYPE_CHECKING:
+    from shared.leanspan import LeanSpan
+
+# The router's current request span when it is one of Pier's own records (`shared.leanspan`), which the SDK's
+# context does not know. Here (not in `shared.leanspan`) so that log set-up does not import the SDK.
+ACTIVE: ContextVar[LeanSpan | None] = ContextVar("pier_active_lean_span", default=None)
 
 
 def current_traceparent() -> str | None:

@@ -101,6 +101,7 @@ class RouterTelemetry:
         # Per-request measurements go to pre-aggregated instruments (shared.fastmetrics: ~1 µs instead of the
         # SDK's 25-50 µs each); what is read at collection time stays on the SDK's observable instruments.
         fast = telemetry.fast_metrics("pier.router")
+        self.attribute_sets: dict[tuple[str, str, str, str, str, str | None], _AttributeSets] = {}
         self.http_duration = fast.histogram(
             "http.server.request.duration", "s", "Duration of HTTP server requests.", HTTP_BUCKETS
         )
@@ -424,22 +425,47 @@ class Attempt:
         span.end(error=error_type is not None)
 
     def _record(self, now: float, ttfc: float | None, error_type: str | None) -> None:
-        owner, answer = self._trace._owner, self.watch.answer
+        owner, answer, trace_ = self._trace._owner, self.watch.answer, self._trace
+        key = (trace_.operation, trace_.provider, self.model, self.endpoint, self.route, error_type)
+        sets = owner.attribute_sets.get(key)
+        if sets is None:
+            sets = _AttributeSets(*key)
+            if len(owner.attribute_sets) >= _ATTRIBUTE_SETS:
+                owner.attribute_sets.clear()
+            owner.attribute_sets[key] = sets
+        owner.attempts.add(1, sets.attempt)
+        owner.op_duration.record(now - self.started, sets.duration)
+        if ttfc is not None:
+            owner.ttfc.record(ttfc, sets.metric)
+        if answer.input_tokens is not None:
+            owner.token_usage.record(answer.input_tokens, sets.input_tokens)
+        if answer.output_tokens is not None:
+            owner.token_usage.record(answer.output_tokens, sets.output_tokens)
+
+
+_ATTRIBUTE_SETS = 4096  # distinct (operation, provider, model, endpoint, route, outcome): few; bounded all the same
+
+
+class _AttributeSets:
+    """The metric attributes of one kind of attempt, built once (the measurements then only look them up)."""
+
+    __slots__ = ("attempt", "duration", "input_tokens", "metric", "output_tokens")
+
+    def __init__(
+        self, operation: str, provider: str, model: str, endpoint: str, route: str, error_type: str | None
+    ) -> None:
         metric: Attrs = (
-            ("gen_ai.operation.name", self._trace.operation),
-            ("gen_ai.provider.name", self._trace.provider),
-            ("gen_ai.request.model", self.model),
-            ("pier.endpoint", self.endpoint),
+            ("gen_ai.operation.name", operation),
+            ("gen_ai.provider.name", provider),
+            ("gen_ai.request.model", model),
+            ("pier.endpoint", endpoint),
         )
         outcome: Attrs = (("error.type", error_type),) if error_type else ()
-        owner.attempts.add(1, (*metric, ("pier.route", _reason(self.route)), *outcome))
-        owner.op_duration.record(now - self.started, (*metric, *outcome))
-        if ttfc is not None:
-            owner.ttfc.record(ttfc, metric)
-        if answer.input_tokens is not None:
-            owner.token_usage.record(answer.input_tokens, (*metric, ("gen_ai.token.type", "input")))
-        if answer.output_tokens is not None:
-            owner.token_usage.record(answer.output_tokens, (*metric, ("gen_ai.token.type", "output")))
+        self.metric = metric
+        self.attempt: Attrs = (*metric, ("pier.route", _reason(route)), *outcome)
+        self.duration: Attrs = (*metric, *outcome)
+        self.input_tokens: Attrs = (*metric, ("gen_ai.token.type", "input"))
+        self.output_tokens: Attrs = (*metric, ("gen_ai.token.type", "output"))
 
 
 def _reason(route: str) -> str:

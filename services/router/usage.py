@@ -74,15 +74,17 @@ class Answer:
             self._usage(usage)
 
     def _usage(self, usage: dict[str, Any]) -> None:
-        for key, attr in (
-            ("prompt_tokens", "input_tokens"),
-            ("input_tokens", "input_tokens"),
-            ("completion_tokens", "output_tokens"),
-            ("output_tokens", "output_tokens"),
-        ):
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, attr, value)
+        # Anthropic's (and the Responses API's) names first, then Chat Completions'; a bool is not a count.
+        value = usage.get("input_tokens")
+        if type(value) is not int:
+            value = usage.get("prompt_tokens")
+        if type(value) is int:
+            self.input_tokens = value
+        value = usage.get("output_tokens")
+        if type(value) is not int:
+            value = usage.get("completion_tokens")
+        if type(value) is int:
+            self.output_tokens = value
 
 
 _USAGE_KEY = b'"usage"'

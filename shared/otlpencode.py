@@ -111,22 +111,26 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
 def _span(span: ReadableSpan) -> bytes:
     context = span.context
     assert context is not None
-    parts = [
-        _len(1, context.trace_id.to_bytes(16, "big")),
-        _len(2, context.span_id.to_bytes(8, "big")),
-    ]
+    # Fixed-size fields with their tags written out: trace id (1, 16 bytes), span id (2, 8 bytes).
+    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big"), b"\x12\x08" + context.span_id.to_bytes(8, "big")]
     if context.trace_state:
         parts.append(_str(3, context.trace_state.to_header()))
     parent = span.parent
-    flags = _HAS_REMOTE_PARENT_MASK
+    flags = _FLAGS_LOCAL
     if parent is not None:
-        parts.append(_len(4, parent.span_id.to_bytes(8, "big")))
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))  # parent span id (4)
         if parent.is_remote:
-            flags |= _IS_REMOTE_MASK
-    parts.append(_str(5, span.name))
-    parts.append(b"\x30" + _varint(_KIND[span.kind.value]))
-    parts.append(b"\x39" + _PACK_Q(span.start_time or 0))
-    parts.append(b"\x41" + _PACK_Q(span.end_time or 0))
+            flags = _FLAGS_REMOTE
+    name = span.name
+    encoded_name = _NAMES.get(name)
+    if encoded_name is None:
+        encoded_name = _str(5, name)
+        if len(_NAMES) >= _CACHE_LIMIT:
+            _NAMES.clear()
+        _NAMES[name] = encoded_name
+    parts.append(encoded_name)
+    parts.append(_KIND_FIELD[span.kind.value])
+    parts.append(b"\x39" + _PACK_Q(span.start_time or 0) + b"\x41" + _PACK_Q(span.end_time or 0))
     parts.append(_attributes(9, span.attributes))
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
@@ -149,15 +153,25 @@ def _span(span: ReadableSpan) -> bytes:
     if span.dropped_links:
         parts.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
-    status_body = b""
-    if status.description:
-        status_body += _str(2, status.description)
     code = _STATUS[status.status_code.value]
-    if code:
-        status_body += b"\x18" + _varint(code)
-    parts.append(_len(15, status_body))
-    parts.append(b"\x85\x01" + _PACK_I(flags))  # field 16, fixed32
+    if status.description:
+        status_body = _str(2, status.description)
+        if code:
+            status_body += b"\x18" + _varint(code)
+        parts.append(_len(15, status_body))
+    else:
+        parts.append(_STATUS_FIELD[code])
+    parts.append(flags)
     return b"".join(parts)
+
+
+_NAMES: dict[str, bytes] = {}  # encoded span names (a few route templates and "{operation} {model}")
+_KIND_FIELD = {value: b"\x30" + _varint(kind) for value, kind in _KIND.items()}  # field 6
+# Status (15) without a description: empty (unset), or only its code.
+_STATUS_FIELD = {code: _len(15, b"\x18" + _varint(code) if code else b"") for code in _STATUS.values()}
+# Flags (16, fixed32): the parent's remoteness is always known here.
+_FLAGS_LOCAL = b"\x85\x01" + _PACK_I(_HAS_REMOTE_PARENT_MASK)
+_FLAGS_REMOTE = b"\x85\x01" + _PACK_I(_HAS_REMOTE_PARENT_MASK | _IS_REMOTE_MASK)
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:

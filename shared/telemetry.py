@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 from collections import deque
@@ -187,6 +188,38 @@ class Telemetry:
     drops: DropCounter = field(default_factory=DropCounter)
     metric_readers: list[MetricReader] = field(default_factory=list)  # of `meter_provider`
     resource: Resource = field(default_factory=Resource.get_empty)
+    ticked_readers: list[MetricReader] = field(default_factory=list)  # exported by `start_metric_ticks`
+    metric_interval_s: float = 60.0
+    _ticks: threading.Event | None = None
+
+    def start_metric_ticks(self) -> None:
+        """On the running event loop: every `OTEL_METRIC_EXPORT_INTERVAL` the loop wakes a thread that collects
+        and exports the ticked readers (the collection and the HTTP export stay off the loop)."""
+        if not self.ticked_readers or self._ticks is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wake = self._ticks = threading.Event()
+        readers = list(self.ticked_readers)
+
+        def export() -> None:
+            while True:
+                wake.wait()  # untimed on purpose (see `_BatchProcessor`)
+                wake.clear()
+                if self._ticks is None:
+                    return
+                for reader in readers:
+                    try:
+                        reader.collect()
+                    except Exception:  # a failed export is the exporter's to log; the thread goes on
+                        log.debug("telemetry: metric export failed", exc_info=True)
+
+        def tick() -> None:
+            if self._ticks is not None:
+                wake.set()
+                loop.call_later(self.metric_interval_s, tick)
+
+        threading.Thread(target=export, name="pier-metric-export", daemon=True).start()
+        loop.call_later(self.metric_interval_s, tick)
 
     def fast_metrics(self, scope: str) -> FastMetrics:
         """Hot-path counters and histograms (`shared.fastmetrics`) exported by this process's metric readers."""
@@ -217,6 +250,9 @@ class Telemetry:
     def shutdown(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Flush what is queued and stop the exporters, giving up after `timeout_s` (a hung collector must not
         hold the process past its drain time: the export threads are daemons). Safe to call twice."""
+        ticks, self._ticks = self._ticks, None
+        if ticks is not None:
+            ticks.set()  # the metric export thread ends
         tracer_provider, self.tracer_provider = self.tracer_provider, None
         meter_provider, self.meter_provider = self.meter_provider, None
         if tracer_provider is None and meter_provider is None:
@@ -228,6 +264,7 @@ class Telemetry:
                 tracer_provider.force_flush(timeout_ms)
                 tracer_provider.shutdown()
             if meter_provider is not None:
+                meter_provider.force_flush(timeout_millis=timeout_ms)  # the ticked readers' last export
                 meter_provider.shutdown(timeout_millis=timeout_ms)
 
         worker = threading.Thread(target=stop, name="pier-telemetry-shutdown", daemon=True)
@@ -257,6 +294,14 @@ def _span_exporter(endpoint: str) -> SpanExporter:
     return _Exporter(endpoint=endpoint)
 
 
+def _metric_interval_s() -> float:
+    """`OTEL_METRIC_EXPORT_INTERVAL` (ms, default 60 s) as the SDK reads it."""
+    try:
+        return max(0.1, float(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "") or 60000) / 1000)
+    except ValueError:
+        return 60.0
+
+
 def resource_for(default_service: str) -> Resource:
     """`OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` as the SDK reads them; the service's default name
     when neither names the service."""
@@ -273,9 +318,12 @@ def setup(
     prometheus: bool = False,
     environ: Mapping[str, str] | None = None,
     install_global: bool = True,
+    loop_ticks: bool = False,
 ) -> Telemetry:
     """Build this process's telemetry from the OTEL_* variables (see the module docstring).
 
+    `loop_ticks`: the OTLP metric export is paced by the event loop (`Telemetry.start_metric_ticks`, which the
+    caller runs on its loop) rather than by the SDK's ticker thread (the router's choice).
     `prometheus`: also keep the metrics for a scrape endpoint (the router's `/internal/metrics`), from the same
     MeterProvider as the OTLP export. `install_global`: make the providers the process's global ones, so code
     that uses `trace.get_tracer()` exports too (services call this once, in `__main__` or per worker process).
@@ -289,7 +337,16 @@ def setup(
     if env.metrics_endpoint is not None:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=env.metrics_endpoint)))
+        metric_exporter = OTLPMetricExporter(endpoint=env.metrics_endpoint)
+        if loop_ticks:
+            # No ticker thread (an idle thread in a timed wait slows a loaded event loop): `start_metric_ticks`
+            # has the event loop wake an export thread that waits without a timeout.
+            reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=math.inf)
+            telemetry.ticked_readers.append(reader)
+            telemetry.metric_interval_s = _metric_interval_s()
+            readers.append(reader)
+        else:
+            readers.append(PeriodicExportingMetricReader(metric_exporter))
     if prometheus:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import CollectorRegistry

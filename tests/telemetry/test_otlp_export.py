@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 
 from observability.dashboards import TRACE_TABLES
 from shared import keys, statestore
 from shared.state import EventKind, WarmPhase
+from shared.telemetry import setup
 from tests.harness import Proc, ProcessFactory, free_port, http_ok, wait_for
 from tests.router.support import (
     MODEL,
@@ -196,3 +198,24 @@ async def test_warmup_preload_exports_a_span_linked_to_the_probe_that_found_the_
     # The endpoint came back (here: appeared) -> the warm-up loaded the model: one story across two services.
     assert {"trace_id": probe["trace_id"], "span_id": probe["span_id"]} in preload["links"]
     assert "pier.warmup.load.duration" in get_json(f"{receiver.url}/metrics")["pier-warmup"]
+
+
+async def test_router_metrics_leave_on_event_loop_ticks(procs: ProcessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router's OTLP metric export is paced by its event loop (no ticker thread): metrics leave every
+    `OTEL_METRIC_EXPORT_INTERVAL` while the process runs, not only at shutdown."""
+    receiver = start_receiver(procs)
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "300")
+    env = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"{receiver.url}/v1/metrics"}
+    telemetry = setup("pier-router", environ=env, install_global=False, loop_ticks=True)
+    try:
+        telemetry.fast_metrics("pier.router").counter("pier.test.ticks", "{tick}", "ticks").add(1, ())
+        telemetry.start_metric_ticks()
+
+        async def arrived() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(f"{receiver.url}/metrics") as resp:
+                names = await resp.json()
+            return "pier.test.ticks" in names.get("pier-router", [])
+
+        await wait_for(arrived, timeout_s=15, what="the metrics to leave on a loop tick")
+    finally:
+        telemetry.shutdown(timeout_s=2.0)

@@ -10,6 +10,8 @@ import sys
 
 from opentelemetry import trace
 
+from shared.tracecontext import ACTIVE
+
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -20,10 +22,15 @@ class _JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         # Loki and Tempo join on these: the active span's ids, when a sampled span is active.
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            payload["trace_id"] = f"{context.trace_id:032x}"
-            payload["span_id"] = f"{context.span_id:016x}"
+        lean = ACTIVE.get()  # the router's request span (Pier's own record, `shared.leanspan`)
+        if lean is not None:
+            payload["trace_id"] = f"{lean.trace_id:032x}"
+            payload["span_id"] = f"{lean.span_id:016x}"
+        else:
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                payload["trace_id"] = f"{context.trace_id:032x}"
+                payload["span_id"] = f"{context.span_id:016x}"
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload)

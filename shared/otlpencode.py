@@ -11,7 +11,7 @@ Wire format: opentelemetry/proto/collector/trace/v1/trace_service.proto and trac
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -20,21 +20,20 @@ from opentelemetry.trace import SpanKind, StatusCode
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
 _PACK_I = struct.Struct("<I").pack
+# Keyed by the enums' values (hashing an Enum member is a Python call).
 _KIND = {
-    SpanKind.INTERNAL: 1,
-    SpanKind.SERVER: 2,
-    SpanKind.CLIENT: 3,
-    SpanKind.PRODUCER: 4,
-    SpanKind.CONSUMER: 5,
+    SpanKind.INTERNAL.value: 1,
+    SpanKind.SERVER.value: 2,
+    SpanKind.CLIENT.value: 3,
+    SpanKind.PRODUCER.value: 4,
+    SpanKind.CONSUMER.value: 5,
 }
-_STATUS = {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}
+_STATUS = {StatusCode.UNSET.value: 0, StatusCode.OK.value: 1, StatusCode.ERROR.value: 2}
 _HAS_REMOTE_PARENT_MASK = 0x100
 _IS_REMOTE_MASK = 0x200
 
 
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return bytes((value,))
+def _varint_of(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -43,9 +42,19 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+# Most varints written are lengths of a few hundred bytes and field tags: looked up, not computed.
+_SMALL = tuple(_varint_of(value) for value in range(1 << 14))
+_TAG = tuple(_varint_of(field << 3 | 2) for field in range(32))  # length-delimited field tags
+
+
+def _varint(value: int) -> bytes:
+    return _SMALL[value] if value < 16384 else _varint_of(value)
+
+
 def _len(field: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2)."""
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+    size = len(payload)
+    return _TAG[field] + (_SMALL[size] if size < 16384 else _varint_of(size)) + payload
 
 
 def _str(field: int, text: str) -> bytes:
@@ -68,51 +77,60 @@ def _any_value(value: Any) -> bytes:
     return _str(1, str(value))
 
 
-_KV_CACHE: dict[tuple[str, Any], bytes] = {}
-
-
-def _key_value(key: str, value: Any) -> bytes:
-    """One `KeyValue` as field 9-style repeated entry payload (cached: most attribute pairs repeat)."""
-    try:
-        cached = _KV_CACHE.get((key, value))
-    except TypeError:  # an unhashable value (a list)
-        cached = None
-        hashable = False
-    else:
-        hashable = True
-    if cached is not None:
-        return cached
-    encoded = _str(1, key) + _len(2, _any_value(value))
-    if hashable and len(_KV_CACHE) < 65536:
-        _KV_CACHE[(key, value)] = encoded
-    return encoded
+# Encoded attribute fields by (key, value), one table per field number: most pairs repeat from span to span
+# (routes, models, endpoints, methods). Unique values (response ids, durations) pass through it too; when the
+# table is full it starts again, so it keeps the pairs that recur.
+_CACHE_LIMIT = 16384
+_ATTR_CACHE: dict[int, dict[Hashable, bytes]] = {}
 
 
 def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
-    return b"".join(_len(field, _key_value(key, value)) for key, value in attributes.items())
+    cache = _ATTR_CACHE.get(field)
+    if cache is None:
+        cache = _ATTR_CACHE[field] = {}
+    out = []
+    for item in attributes.items():
+        # Keyed with the value's type unless a string: True == 1 == 1.0 as dict keys, but not on the wire.
+        key: Hashable = item if type(item[1]) is str else (item, type(item[1]))
+        try:
+            encoded = cache.get(key)
+        except TypeError:  # an unhashable value (a list): encoded each time
+            out.append(_len(field, _str(1, item[0]) + _len(2, _any_value(item[1]))))
+            continue
+        if encoded is None:
+            encoded = _len(field, _str(1, item[0]) + _len(2, _any_value(item[1])))
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[key] = encoded
+        out.append(encoded)
+    return b"".join(out)
 
 
 def _span(span: ReadableSpan) -> bytes:
     context = span.context
     assert context is not None
-    parts = [
-        _len(1, context.trace_id.to_bytes(16, "big")),
-        _len(2, context.span_id.to_bytes(8, "big")),
-    ]
+    # Fixed-size fields with their tags written out: trace id (1, 16 bytes), span id (2, 8 bytes).
+    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big"), b"\x12\x08" + context.span_id.to_bytes(8, "big")]
     if context.trace_state:
         parts.append(_str(3, context.trace_state.to_header()))
     parent = span.parent
-    flags = _HAS_REMOTE_PARENT_MASK
+    flags = _FLAGS_LOCAL
     if parent is not None:
-        parts.append(_len(4, parent.span_id.to_bytes(8, "big")))
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))  # parent span id (4)
         if parent.is_remote:
-            flags |= _IS_REMOTE_MASK
-    parts.append(_str(5, span.name))
-    parts.append(b"\x30" + _varint(_KIND[span.kind]))
-    parts.append(b"\x39" + _PACK_Q(span.start_time or 0))
-    parts.append(b"\x41" + _PACK_Q(span.end_time or 0))
+            flags = _FLAGS_REMOTE
+    name = span.name
+    encoded_name = _NAMES.get(name)
+    if encoded_name is None:
+        encoded_name = _str(5, name)
+        if len(_NAMES) >= _CACHE_LIMIT:
+            _NAMES.clear()
+        _NAMES[name] = encoded_name
+    parts.append(encoded_name)
+    parts.append(_KIND_FIELD[span.kind.value])
+    parts.append(b"\x39" + _PACK_Q(span.start_time or 0) + b"\x41" + _PACK_Q(span.end_time or 0))
     parts.append(_attributes(9, span.attributes))
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
@@ -135,15 +153,25 @@ def _span(span: ReadableSpan) -> bytes:
     if span.dropped_links:
         parts.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
-    status_body = b""
+    code = _STATUS[status.status_code.value]
     if status.description:
-        status_body += _str(2, status.description)
-    code = _STATUS[status.status_code]
-    if code:
-        status_body += b"\x18" + _varint(code)
-    parts.append(_len(15, status_body))
-    parts.append(b"\x85\x01" + _PACK_I(flags))  # field 16, fixed32
+        status_body = _str(2, status.description)
+        if code:
+            status_body += b"\x18" + _varint(code)
+        parts.append(_len(15, status_body))
+    else:
+        parts.append(_STATUS_FIELD[code])
+    parts.append(flags)
     return b"".join(parts)
+
+
+_NAMES: dict[str, bytes] = {}  # encoded span names (a few route templates and "{operation} {model}")
+_KIND_FIELD = {value: b"\x30" + _varint(kind) for value, kind in _KIND.items()}  # field 6
+# Status (15) without a description: empty (unset), or only its code.
+_STATUS_FIELD = {code: _len(15, b"\x18" + _varint(code) if code else b"") for code in _STATUS.values()}
+# Flags (16, fixed32): the parent's remoteness is always known here.
+_FLAGS_LOCAL = b"\x85\x01" + _PACK_I(_HAS_REMOTE_PARENT_MASK)
+_FLAGS_REMOTE = b"\x85\x01" + _PACK_I(_HAS_REMOTE_PARENT_MASK | _IS_REMOTE_MASK)
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link
 from opentelemetry.util.types import AttributeValue
 
+if TYPE_CHECKING:
+    from shared.leanspan import LeanSpan
+
+# The router's current request span when it is one of Pier's own records (`shared.leanspan`), which the SDK's
+# context does not know. Here (not in `shared.leanspan`) so that log set-up does not import the SDK.
+ACTIVE: ContextVar[LeanSpan | None] = ContextVar("pier_active_lean_span", default=None)
+
 
 def current_traceparent() -> str | None:
     """The `traceparent` of the active span, or None when nothing is being traced."""
+    lean = ACTIVE.get()
+    if lean is not None:  # the router's request span (Pier's own record, `shared.leanspan`)
+        return lean.traceparent
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent")

@@ -13,7 +13,6 @@ import fnmatch
 import hashlib
 import hmac
 import ipaddress
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,6 +23,7 @@ import yaml
 from multidict import MultiMapping
 
 from services.router.ratelimit import Limit
+from shared import jsontext
 from shared.endpoints import read_secret
 from shared.names import normalise_model
 
@@ -190,7 +190,7 @@ def parse_inline_keys(text: str) -> list[dict[str, Any]]:
         return []
     if text.startswith("["):
         try:
-            data = json.loads(text)
+            data = jsontext.loads(text)
         except ValueError as exc:
             raise ValueError(f"not a valid JSON list: {exc}") from None
         if not isinstance(data, list):

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from services.router.anthropic_request import Expect
 from services.router.anthropic_response import (
@@ -37,6 +38,7 @@ from services.router.anthropic_response import (
 from services.router.circuit import Circuits
 from services.router.headers import downstream_headers
 from services.router.table import Target
+from services.router.usage import ResponseWatch
 from shared import jsontext
 from shared.h1client import BadResponse, UpstreamResponse
 
@@ -130,13 +132,23 @@ async def relay_translated(
     pier: tuple[tuple[str, str], ...],
     circuits: Circuits,
     ping_s: float,
+    watch: ResponseWatch | None = None,
 ) -> web.StreamResponse:
-    """Answer the client from a successful upstream answer, translated (whole, or event by event)."""
-    streaming = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+    """Answer the client from a successful upstream answer, translated (whole, or event by event).
+
+    `watch` (telemetry) reads the endpoint's answer before translation: response id and model, finish reasons
+    and token usage for the attempt's span and metrics. Nothing is stripped here (Pier asks no extra usage
+    chunk for an Anthropic request)."""
+    content_type = upstream.headers.get("Content-Type", "")
+    streaming = content_type.startswith("text/event-stream")
     if not streaming:
         headers = _headers(upstream, pier, "text/event-stream" if leg.whole_as_events else "application/json")
         try:
             raw = await upstream.read(WHOLE_BODY_LIMIT)  # releases (or closes) the connection
+            if watch is not None:
+                watch.head(upstream.status, content_type, CIMultiDict())
+                watch.feed(raw)
+                watch.end()
             return web.Response(status=upstream.status, body=leg.whole(raw), headers=headers)
         except (BadResponse, OSError, BadUpstream) as exc:
             circuits.failure(target.name, "bad answer")
@@ -144,7 +156,9 @@ async def relay_translated(
     out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     out.headers.update(_headers(upstream, pier, "text/event-stream; charset=utf-8"))
     out.headers["Cache-Control"] = "no-cache"
-    return await _stream(request, leg, target, upstream, out, circuits, ping_s)
+    if watch is not None:
+        watch.head(upstream.status, content_type, CIMultiDict())
+    return await _stream(request, leg, target, upstream, out, circuits, ping_s, watch)
 
 
 class _Pinger:
@@ -184,6 +198,7 @@ async def _stream(
     out: web.StreamResponse,
     circuits: Circuits,
     ping_s: float,
+    watch: ResponseWatch | None,
 ) -> web.StreamResponse:
     translator = StreamTranslator(leg.expect)
     finished = False
@@ -197,10 +212,14 @@ async def _stream(
                 chunk = await upstream.readany()
             except (BadResponse, OSError) as exc:  # TimeoutError included: no byte for the read timeout
                 pinging.cancel()
+                if watch is not None:
+                    watch.cut("stream_cut")
                 await _cut(request, target, upstream, out, circuits, exc, translator)
                 return out
             if not chunk:
                 break
+            if watch is not None:
+                watch.feed(chunk)  # nothing to strip: what it returns is the chunk itself
             data = translator.feed(chunk)
             if data:
                 await pinger.write(data)  # at once: nothing waits for later chunks

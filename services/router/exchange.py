@@ -157,7 +157,7 @@ class Exchanger:
                 if call.leg is not None and call.leg.translates:  # Anthropic translation: its own relay
                     pier = _pier_headers(call, target, model)
                     return await relay_translated(
-                        call.request, call.leg, target, upstream, pier, self._circuits, self._ping_s
+                        call.request, call.leg, target, upstream, pier, self._circuits, self._ping_s, call.watch
                     )
                 return await self._relay(call, target, upstream, model, b"")
             try:

@@ -115,7 +115,8 @@ async def serve(settings: RouterSettings, config: PierConfig, *, reuse_port: boo
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Per serving process (after the fork when there are several): exporter threads do not survive a fork.
-    telemetry = setup("pier-router", prometheus=settings.prometheus_metrics)
+    telemetry = setup("pier-router", prometheus=settings.prometheus_metrics, loop_ticks=True)
+    telemetry.start_metric_ticks()
     runner = make_runner(settings, config, telemetry)
     await runner.setup()
     try:

@@ -25,9 +25,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
-from opentelemetry import context, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from services.router.circuit import Circuits
 from services.router.errors import RouterError
@@ -35,6 +34,15 @@ from services.router.runtime import Runtime
 from services.router.usage import ResponseWatch, needs_usage, with_usage
 from shared import jsontext
 from shared.fastmetrics import Attrs
+from shared.leanspan import (
+    ACTIVE,
+    Inbound,
+    LeanSpan,
+    LeanTracer,
+    new_trace_id,
+    parse_traceparent,
+    unsampled_traceparent,
+)
 from shared.telemetry import HTTP_BUCKETS, Telemetry
 
 if TYPE_CHECKING:
@@ -83,7 +91,9 @@ class RouterTelemetry:
     ) -> None:
         self.telemetry = telemetry
         self.port = port  # the router's listening port (server.port on SERVER spans)
-        self.tracer = telemetry.tracer("pier.router")
+        # The router's spans are Pier's own lean records (`shared.leanspan`), handed to the provider's processors.
+        provider = telemetry.tracer_provider
+        self.lean = LeanTracer(provider, "pier.router") if provider is not None else None
         self.capture_content = telemetry.capture_content
         self._runtime = runtime
         self._circuits = circuits
@@ -92,6 +102,7 @@ class RouterTelemetry:
         # Per-request measurements go to pre-aggregated instruments (shared.fastmetrics: ~1 µs instead of the
         # SDK's 25-50 µs each); what is read at collection time stays on the SDK's observable instruments.
         fast = telemetry.fast_metrics("pier.router")
+        self.attribute_sets: dict[tuple[str, str, str, str, str, str | None], _AttributeSets] = {}
         self.http_duration = fast.histogram(
             "http.server.request.duration", "s", "Duration of HTTP server requests.", HTTP_BUCKETS
         )
@@ -136,30 +147,38 @@ class RouterTelemetry:
 
     def wrap(self, handler: Handler) -> Handler:
         """`handler` inside a SERVER span and the HTTP duration metric."""
-        tracer, clock, duration, port = self.tracer, self._clock, self.http_duration, self.port
+        lean, clock, duration, port = self.lean, self._clock, self.http_duration, self.port
 
         async def traced(request: web.Request) -> web.StreamResponse:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
             method = request.method
             started = clock()
-            headers = request.headers
-            span = tracer.start_span(
-                f"{method} {route}",
-                # The caller's trace continues through Pier; without a traceparent Pier starts one.
-                context=propagate.extract(headers) if "traceparent" in headers else None,
-                kind=SpanKind.SERVER,
-                attributes={
-                    "http.request.method": method,
-                    "http.route": route,
-                    "url.path": request.path,
-                    "url.scheme": "http",
-                    "server.port": port,
-                },
-            )
-            record = RequestTrace(self, span)
+            span: LeanSpan | None = None
+            inbound: Inbound | None = None
+            trace_id = 0
+            if lean is not None:
+                # The caller's trace continues through Pier; without a (valid) traceparent Pier starts one.
+                headers = request.headers
+                inbound = parse_traceparent(headers.get("traceparent"), headers.get("tracestate"))
+                trace_id = inbound.trace_id if inbound is not None else new_trace_id()
+                if lean.sampled(trace_id, inbound):
+                    span = lean.start(
+                        f"{method} {route}",
+                        SpanKind.SERVER,
+                        trace_id,
+                        inbound,
+                        {
+                            "http.request.method": method,
+                            "http.route": route,
+                            "url.path": request.path,
+                            "url.scheme": "http",
+                            "server.port": port,
+                        },
+                    )
+            record = RequestTrace(self, span, trace_id, inbound)
             request[TRACE_KEY] = record
-            token = context.attach(trace.set_span_in_context(span))
+            token = ACTIVE.set(span) if span is not None else None
             status = 500
             try:
                 response = await handler(request)
@@ -170,16 +189,20 @@ class RouterTelemetry:
                 raise
             except asyncio.CancelledError:
                 status = 499  # the client left: not an error of the router's
-                span.set_attribute("pier.client.cancelled", True)
                 raise
             finally:
-                context.detach(token)
-                if status != 499:
-                    span.set_attribute("http.response.status_code", status)
-                if status >= 500 and status != 499:
-                    span.set_status(Status(StatusCode.ERROR))
-                    span.set_attribute("error.type", str(status))
-                span.end()
+                if token is not None:
+                    ACTIVE.reset(token)
+                if span is not None:
+                    attributes = span.attributes
+                    if status == 499:
+                        attributes["pier.client.cancelled"] = True
+                    else:
+                        attributes["http.response.status_code"] = status
+                    failed = status >= 500 and status != 499
+                    if failed:
+                        attributes["error.type"] = str(status)
+                    span.end(error=failed)
                 attrs = (("http.request.method", method), ("http.route", route), ("http.response.status_code", status))
                 duration.record(clock() - started, attrs)
 
@@ -221,11 +244,23 @@ class RouterTelemetry:
 class RequestTrace:
     """One request's SERVER span and what its attempts share."""
 
-    __slots__ = ("_owner", "operation", "params", "provider", "request_model", "span", "strip_usage")
+    __slots__ = (
+        "_owner",
+        "inbound",
+        "operation",
+        "params",
+        "provider",
+        "request_model",
+        "span",
+        "strip_usage",
+        "trace_id",
+    )
 
-    def __init__(self, owner: RouterTelemetry, span: trace.Span) -> None:
+    def __init__(self, owner: RouterTelemetry, span: LeanSpan | None, trace_id: int, inbound: Inbound | None) -> None:
         self._owner = owner
-        self.span = span
+        self.span = span  # None: not sampled (or tracing off): no spans, only the trace context goes on
+        self.trace_id = trace_id  # 0 when tracing is off
+        self.inbound = inbound
         self.operation = "chat"
         self.provider = "openai"
         self.request_model = ""
@@ -239,7 +274,7 @@ class RequestTrace:
         self.operation = _OPERATIONS.get(op, op)
         self.provider = "anthropic" if anthropic else "openai"
         self.request_model = model or ""
-        recording = self.span.is_recording()
+        recording = self.span is not None
         if data is None:
             if not recording and b'"stream"' not in body:
                 return body, data  # not sampled and not a stream: nothing here needs the parsed body
@@ -280,14 +315,18 @@ class RequestTrace:
     def attempt_start(self, call: Call, target: Target, model: str, headers: CIMultiDict[str]) -> Attempt:
         """A CLIENT span for one endpoint, sibling of the other attempts; its context goes to the endpoint."""
         owner = self._owner
-        watch = ResponseWatch(strip_usage=self.strip_usage, clock=owner._clock)
+        # Unsampled: only the token counts are needed (metrics), so a whole JSON answer is not parsed whole.
+        watch = ResponseWatch(strip_usage=self.strip_usage, clock=owner._clock, usage_only=self.span is None)
         call.watch = watch
         name = model or self.request_model
-        parent = trace.set_span_in_context(self.span)
-        if not self.span.is_recording():
+        span = self.span
+        if span is None:
             # Not sampled: no CLIENT span; the endpoint still gets the (unsampled) trace context.
-            propagate.inject(headers, context=parent)
-            return Attempt(self, trace.INVALID_SPAN, watch, target.name, name, call.route, owner._clock())
+            if self.trace_id:
+                headers["traceparent"] = unsampled_traceparent(self.trace_id)
+                if self.inbound is not None and self.inbound.tracestate:
+                    headers["tracestate"] = self.inbound.tracestate
+            return Attempt(self, None, watch, target.name, name, call.route, owner._clock())
         host, origin_port = _origin(target.url)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": self.operation,
@@ -301,11 +340,11 @@ class RequestTrace:
             "pier.attempt": call.attempts + 1,
             **self.params,
         }
-        span = owner.tracer.start_span(
-            f"{self.operation} {name}", context=parent, kind=SpanKind.CLIENT, attributes=attributes
-        )
-        propagate.inject(headers, context=trace.set_span_in_context(span, parent))
-        return Attempt(self, span, watch, target.name, name, call.route, owner._clock())
+        attempt_span = span.child(f"{self.operation} {name}", SpanKind.CLIENT, attributes)
+        headers["traceparent"] = attempt_span.traceparent
+        if attempt_span.tracestate:
+            headers["tracestate"] = attempt_span.tracestate
+        return Attempt(self, attempt_span, watch, target.name, name, call.route, owner._clock())
 
 
 TRACE_KEY: web.RequestKey[RequestTrace] = web.RequestKey("pier.trace", RequestTrace)  # for the proxy's hooks
@@ -319,7 +358,7 @@ class Attempt:
     def __init__(
         self,
         trace_: RequestTrace,
-        span: trace.Span,
+        span: LeanSpan | None,
         watch: ResponseWatch,
         endpoint: str,
         model: str,
@@ -345,9 +384,24 @@ class Attempt:
 
     def end(self, request: web.Request) -> None:
         owner = self._trace._owner
-        span, answer = self.span, self.watch.answer
+        answer = self.watch.answer
         now = owner._clock()
-        attrs: dict[str, Any] = {}
+        ttfc: float | None = None
+        if answer.stream and answer.first_chunk_at is not None:
+            ttfc = answer.first_chunk_at - self.started
+        error_type = self.error_type
+        response = self.response
+        if response is not None and response.status >= 400 and error_type is None:
+            error_type = str(response.status)
+        if answer.cut is not None:
+            error_type = answer.cut
+        if self.span is not None:
+            self._finish_span(self.span, request, ttfc, error_type)
+        self._record(now, ttfc, error_type)
+
+    def _finish_span(self, span: LeanSpan, request: web.Request, ttfc: float | None, error_type: str | None) -> None:
+        attrs = span.attributes
+        answer = self.watch.answer
         if answer.response_id is not None:
             attrs["gen_ai.response.id"] = answer.response_id
         if answer.response_model is not None:
@@ -358,52 +412,61 @@ class Attempt:
             attrs["gen_ai.usage.input_tokens"] = answer.input_tokens
         if answer.output_tokens is not None:
             attrs["gen_ai.usage.output_tokens"] = answer.output_tokens
-        ttfc: float | None = None
-        if answer.stream and answer.first_chunk_at is not None:
-            ttfc = answer.first_chunk_at - self.started
+        if ttfc is not None:
             attrs["gen_ai.response.time_to_first_chunk"] = ttfc
-        error_type = self.error_type
         response = self.response
         if response is not None:
             attrs["http.response.status_code"] = response.status
-            if response.status >= 400 and error_type is None:
-                error_type = str(response.status)
-        if answer.cut is not None:
-            error_type = answer.cut
-        if span.is_recording():
-            self._finish_span(span, request, attrs, error_type, response is None)
-        self._record(now, ttfc, error_type)
-
-    def _finish_span(
-        self, span: trace.Span, request: web.Request, attrs: dict[str, Any], error_type: str | None, unanswered: bool
-    ) -> None:
         transport = request.transport
-        if error_type is None and (unanswered or transport is None or transport.is_closing()):
+        if error_type is None and (response is None or transport is None or transport.is_closing()):
             # The client left (before or during the answer): not the endpoint's failure, and not an error.
             attrs["pier.client.cancelled"] = True
         if error_type is not None:
             attrs["error.type"] = error_type
-            span.set_status(Status(StatusCode.ERROR))
-        span.set_attributes(attrs)
-        span.end()
+        span.end(error=error_type is not None)
 
     def _record(self, now: float, ttfc: float | None, error_type: str | None) -> None:
-        owner, answer = self._trace._owner, self.watch.answer
+        owner, answer, trace_ = self._trace._owner, self.watch.answer, self._trace
+        key = (trace_.operation, trace_.provider, self.model, self.endpoint, self.route, error_type)
+        sets = owner.attribute_sets.get(key)
+        if sets is None:
+            sets = _AttributeSets(*key)
+            if len(owner.attribute_sets) >= _ATTRIBUTE_SETS:
+                owner.attribute_sets.clear()
+            owner.attribute_sets[key] = sets
+        owner.attempts.add(1, sets.attempt)
+        owner.op_duration.record(now - self.started, sets.duration)
+        if ttfc is not None:
+            owner.ttfc.record(ttfc, sets.metric)
+        if answer.input_tokens is not None:
+            owner.token_usage.record(answer.input_tokens, sets.input_tokens)
+        if answer.output_tokens is not None:
+            owner.token_usage.record(answer.output_tokens, sets.output_tokens)
+
+
+_ATTRIBUTE_SETS = 4096  # distinct (operation, provider, model, endpoint, route, outcome): few; bounded all the same
+
+
+class _AttributeSets:
+    """The metric attributes of one kind of attempt, built once (the measurements then only look them up)."""
+
+    __slots__ = ("attempt", "duration", "input_tokens", "metric", "output_tokens")
+
+    def __init__(
+        self, operation: str, provider: str, model: str, endpoint: str, route: str, error_type: str | None
+    ) -> None:
         metric: Attrs = (
-            ("gen_ai.operation.name", self._trace.operation),
-            ("gen_ai.provider.name", self._trace.provider),
-            ("gen_ai.request.model", self.model),
-            ("pier.endpoint", self.endpoint),
+            ("gen_ai.operation.name", operation),
+            ("gen_ai.provider.name", provider),
+            ("gen_ai.request.model", model),
+            ("pier.endpoint", endpoint),
         )
         outcome: Attrs = (("error.type", error_type),) if error_type else ()
-        owner.attempts.add(1, (*metric, ("pier.route", _reason(self.route)), *outcome))
-        owner.op_duration.record(now - self.started, (*metric, *outcome))
-        if ttfc is not None:
-            owner.ttfc.record(ttfc, metric)
-        if answer.input_tokens is not None:
-            owner.token_usage.record(answer.input_tokens, (*metric, ("gen_ai.token.type", "input")))
-        if answer.output_tokens is not None:
-            owner.token_usage.record(answer.output_tokens, (*metric, ("gen_ai.token.type", "output")))
+        self.metric = metric
+        self.attempt: Attrs = (*metric, ("pier.route", _reason(route)), *outcome)
+        self.duration: Attrs = (*metric, *outcome)
+        self.input_tokens: Attrs = (*metric, ("gen_ai.token.type", "input"))
+        self.output_tokens: Attrs = (*metric, ("gen_ai.token.type", "output"))
 
 
 def _reason(route: str) -> str:

@@ -8,6 +8,7 @@ chunk again, so the client sees exactly the stream it asked for.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,15 +76,45 @@ class Answer:
             self._usage(usage)
 
     def _usage(self, usage: dict[str, Any]) -> None:
-        for key, attr in (
-            ("prompt_tokens", "input_tokens"),
-            ("input_tokens", "input_tokens"),
-            ("completion_tokens", "output_tokens"),
-            ("output_tokens", "output_tokens"),
-        ):
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, attr, value)
+        # Anthropic's (and the Responses API's) names first, then Chat Completions'; a bool is not a count.
+        value = usage.get("input_tokens")
+        if type(value) is not int:
+            value = usage.get("prompt_tokens")
+        if type(value) is int:
+            self.input_tokens = value
+        value = usage.get("output_tokens")
+        if type(value) is not int:
+            value = usage.get("completion_tokens")
+        if type(value) is int:
+            self.output_tokens = value
+
+
+_USAGE_KEY = b'"usage"'
+_DECODER = json.JSONDecoder()
+_TRAILER = 4096  # a usage object is far smaller; a longer tail is parsed whole instead
+
+
+def _trailing_usage(body: bytearray) -> dict[str, Any] | None:
+    """The `usage` object when it is the last member of the answer's top-level object (as OpenAI- and
+    Anthropic-shaped answers put it), read without parsing the rest (the content may be long); None when that
+    cannot be told for sure, and the whole answer is then parsed.
+
+    Inside a JSON string every quote is escaped, so an unescaped `"usage"` followed by `:` is a key; it is the
+    top-level one when its value ends right before the object's closing brace."""
+    at = body.rfind(_USAGE_KEY)
+    if at <= 0 or body[at - 1] == 0x5C or len(body) - at > _TRAILER:
+        return None
+    try:
+        tail = body[at + len(_USAGE_KEY) :].decode("utf-8").lstrip()
+        if not tail.startswith(":"):
+            return None
+        tail = tail[1:].lstrip()
+        value, end = _DECODER.raw_decode(tail)
+    except (ValueError, RecursionError):  # an endpoint's nesting past the parser's depth: parse the whole (400)
+        return None
+    if tail[end:].strip() != "}" or not isinstance(value, dict):
+        return None
+    return value
 
 
 def _is_usage_only(payload: Any) -> bool:
@@ -97,9 +128,10 @@ class ResponseWatch:
     `feed` returns) and `end` at the end of the body (it sends what `end` returns).
     """
 
-    def __init__(self, *, strip_usage: bool, clock: Callable[[], float]) -> None:
+    def __init__(self, *, strip_usage: bool, clock: Callable[[], float], usage_only: bool = False) -> None:
         self.answer = Answer()
         self._strip_usage = strip_usage
+        self._usage_only = usage_only  # a whole JSON answer: only its token usage is wanted (unsampled request)
         self._clock = clock
         self._sse = False
         self._json = False
@@ -128,8 +160,12 @@ class ResponseWatch:
 
     def end(self) -> bytes:
         if self._json and self._buffer:
-            with contextlib.suppress(ValueError):
-                self.answer.read(jsontext.loads(self._buffer))
+            usage = _trailing_usage(self._buffer) if self._usage_only else None
+            if usage is not None:
+                self.answer._usage(usage)
+            else:
+                with contextlib.suppress(ValueError):
+                    self.answer.read(jsontext.loads(self._buffer))
             self._buffer.clear()
             return b""
         rest = bytes(self._buffer)

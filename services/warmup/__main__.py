@@ -11,6 +11,7 @@ from shared.lifecycle import install_uvloop, run_worker
 from shared.liveness import check
 from shared.logs import setup_logging
 from shared.startup import load_or_exit, report_ignored
+from shared.telemetry import setup
 
 
 def main() -> int:
@@ -25,7 +26,11 @@ def main() -> int:
     setup_logging(SERVICE, settings.log_level, settings.log_format)
     report_ignored(config)
     install_uvloop()
-    asyncio.run(run_worker(WarmupWorker(settings, config, warm)))
+    telemetry = setup("pier-warmup")  # before the worker: its tracer and meter come from the global providers
+    try:
+        asyncio.run(run_worker(WarmupWorker(settings, config, warm)))
+    finally:
+        telemetry.shutdown()  # spans still queued leave now (bounded)
     return 0
 
 

@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Status, StatusCode
 from redis.exceptions import RedisError
 
 from services.warmup import calls
@@ -32,12 +34,14 @@ from shared.lease import Lease
 from shared.liveness import record_instance_id
 from shared.state import EndpointState, Event, EventKind, WarmPhase, WarmState
 from shared.statestore import RedisClient
-from shared.tracecontext import current_traceparent
+from shared.tracecontext import consumer_span, current_traceparent
+from shared.warmuptelemetry import WarmupTelemetry
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("pier.warmup")
 SERVICE = "warmup"
 _PUBLISHING = (StepKind.LOAD, StepKind.PIN, StepKind.PULL)  # steps that publish their model's phase themselves
+_PRELOADS = (StepKind.LOAD, StepKind.PIN)  # steps that load a model: the preload span and its duration
+_MAX_CAUSES = 4  # links per preload span: the latest events that asked for it
 MAX_STEPS = 64  # per reconcile: a plan that never settles is a bug, not a reason to spin
 _TRIGGERS = (
     EventKind.ENDPOINT_ADDED,
@@ -58,8 +62,13 @@ class WarmupWorker:
         warm: WarmupConfig | None = None,
         *,
         redis: RedisClient | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.settings = settings
+        # The process's global providers unless given (tests); no-ops until `shared.telemetry.setup` ran.
+        self.telemetry = WarmupTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        self._tracer = trace.get_tracer("pier.warmup", tracer_provider=tracer_provider)
         self.config = config
         self.warm = warm if warm is not None else settings.warmup_config()
         self._redis = redis
@@ -76,6 +85,9 @@ class WarmupWorker:
         self._memory: dict[tuple[str, str], Memory] = {}
         self._published: dict[tuple[str, str], tuple[object, ...]] = {}
         self._methods: dict[str, Method] = {}
+        # Per endpoint, the `traceparent`s of the events that asked for its next reconcile: its preload spans
+        # link to them (the health probe that saw the endpoint come back, ...).
+        self._causes: dict[str, list[str]] = {}
         self.steps_done: list[tuple[str, Step]] = []  # what this worker did, in order (tests, logs)
 
     @property
@@ -245,6 +257,11 @@ class WarmupWorker:
             self._forget(event.endpoint)
         elif event.kind in _TRIGGERS and event.state is not None:
             self._apply_state(event.state)
+            if event.traceparent:
+                causes = self._causes.setdefault(event.endpoint, [])
+                if event.traceparent not in causes:
+                    causes.append(event.traceparent)
+                    del causes[:-_MAX_CAUSES]
             self._dirty.add(event.endpoint)
             self._kick.set()
 
@@ -321,6 +338,7 @@ class WarmupWorker:
         """Plan and act on one endpoint, a step at a time, until nothing is left to do now."""
         plan: EndpointPlan | None = None
         previous: Step | None = None
+        causes = self._causes.pop(name, [])
         for _ in range(MAX_STEPS):
             if self._stopping.is_set() or self._halted:
                 return plan
@@ -353,18 +371,29 @@ class WarmupWorker:
                     self._wake[name] = wake
                 return plan
             previous = plan.step
-            if not await self._do(state, target, plan.step):
+            if not await self._do(state, target, plan.step, causes):
                 return plan
         log.error("warm-up of %s did not settle in %d steps", name, MAX_STEPS)
         return plan
 
-    async def _do(self, state: EndpointState, target: Target, step: Step) -> bool:
-        """One step; False when the endpoint should not be planned again right now."""
+    async def _do(self, state: EndpointState, target: Target, step: Step, causes: Sequence[str] = ()) -> bool:
+        """One step; False when the endpoint should not be planned again right now.
+
+        A preload (load or pin) is the `warmup preload` span, linked to the events that caused it, and its
+        duration goes to `pier.warmup.load.duration`; the other steps have a span of their own."""
         name, model = state.name, step.model
         mem = self._memory.setdefault((name, model), Memory())
         self.steps_done.append((name, step))
-        attributes = {"gen_ai.request.model": model, "pier.endpoint": name, "pier.warmup.step": step.kind.value}
-        with tracer.start_as_current_span(f"warmup {step.kind.value}", attributes=attributes):
+        preload = step.kind in _PRELOADS
+        if preload:
+            scope = self.telemetry.preload(model, name, causes)
+        else:
+            attributes = {"gen_ai.request.model": model, "pier.endpoint": name, "pier.warmup.step": step.kind.value}
+            scope = consumer_span(self._tracer, f"warmup {step.kind.value}", causes, attributes)
+        started = time.monotonic()
+        with scope as span:
+            if preload:
+                span.set_attribute("pier.warmup.step", step.kind.value)
             try:
                 if step.kind is StepKind.UNLOAD:
                     log.info("unloading idle %s on %s to make room", model, name)
@@ -380,8 +409,16 @@ class WarmupWorker:
                     await calls.pull(self.http, target, model)
                     mem.pulled = True
                     return True
-                return await self._load(state, target, step, mem)
+                done = await self._load(state, target, step, mem)
+                if done:
+                    self.telemetry.loaded(model, name, time.monotonic() - started, "ok")
+                return done
             except (CallError, aiohttp.ClientError, TimeoutError) as exc:
+                outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
+                if preload:
+                    self.telemetry.loaded(model, name, time.monotonic() - started, outcome)
+                span.set_status(Status(StatusCode.ERROR))
+                span.set_attribute("error.type", outcome)
                 self._failed(name, step, mem, str(exc) or type(exc).__name__)
                 await self._publish(name, model, Report(WarmPhase.FAILED, step.policy, detail=f"{step.kind} failed"))
                 return True

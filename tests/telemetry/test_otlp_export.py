@@ -1,5 +1,6 @@
-"""The services as processes export to a real OTLP/HTTP receiver (protobuf decoded), linked across services,
-and flush on SIGTERM: the batch delay is set to a minute, so every span seen here left at shutdown."""
+"""The services as processes (router, health, warm-up) export to a real OTLP/HTTP receiver (protobuf decoded),
+linked across services, and flush on SIGTERM: the batch delay is set to a minute, so every span seen here left
+at shutdown."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 
 from observability.dashboards import TRACE_TABLES
-from shared import statestore
-from shared.state import EventKind
+from shared import keys, statestore
+from shared.state import EventKind, WarmPhase
+from shared.telemetry import setup
 from tests.harness import Proc, ProcessFactory, free_port, http_ok, wait_for
 from tests.router.support import (
     MODEL,
@@ -150,3 +153,69 @@ async def test_router_and_health_export_linked_spans_and_flush_on_sigterm(
     ):
         assert name in metric_names["pier-router"]
     assert "pier.health.probe.duration" in metric_names["pier-health"]
+
+
+async def test_warmup_preload_exports_a_span_linked_to_the_probe_that_found_the_endpoint(
+    procs: ProcessFactory, tmp_path: Path, redis_url: str, redis: Redis
+) -> None:
+    receiver = start_receiver(procs)
+    otel = {
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # everything leaves at the SIGTERM flush
+        "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+    }
+    emu = procs.emulator("--models", "ai/smollm2", "--load-time-ms", "200")
+    config = write_config(tmp_path / "pier.yaml", [endpoint("e1", emu.url, 100, check_interval="30s")])
+    warmup_env = {
+        "PIER_REDIS_URL": redis_url,
+        "PIER_CONFIG_FILE": str(config),
+        "PIER_INSTANCE_ID": "warmup-test",
+        "PIER_WARMUP_ID_FILE": str(tmp_path / "warmup.id"),
+        "PIER_WARMUP_MODELS": "smollm2",
+        **otel,
+    }
+    warmup = procs.python("warmup", "services.warmup", env=warmup_env)
+    # Leading (and so following the event stream) before the health worker announces the endpoint.
+    await wait_for(lambda: redis.get(keys.WARMUP_LEASE), timeout_s=20, what="the warm-up worker to lead")
+    health = procs.python("health", "services.health", env={**health_env(redis_url, tmp_path, config), **otel})
+
+    async def warm() -> bool:
+        states = await statestore.read_warm_states(redis)
+        return any(w.endpoint == "e1" and w.model == MODEL and w.phase is WarmPhase.WARM for w in states)
+
+    await wait_for(warm, timeout_s=30, what="the warm-up worker to load the model")
+    assert warmup.stop() == 0
+    assert health.stop() == 0
+    spans: list[dict[str, Any]] = get_json(f"{receiver.url}/spans")
+
+    probe = one(spans, service="pier-health", name="health probe")
+    preload = one(spans, service="pier-warmup", name="warmup preload")
+    assert preload["attributes"]["gen_ai.request.model"] == MODEL
+    assert preload["attributes"]["pier.endpoint"] == "e1"
+    assert preload["attributes"]["pier.warmup.step"] == "load"
+    assert "error.type" not in preload["attributes"]
+    # The endpoint came back (here: appeared) -> the warm-up loaded the model: one story across two services.
+    assert {"trace_id": probe["trace_id"], "span_id": probe["span_id"]} in preload["links"]
+    assert "pier.warmup.load.duration" in get_json(f"{receiver.url}/metrics")["pier-warmup"]
+
+
+async def test_router_metrics_leave_on_event_loop_ticks(procs: ProcessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router's OTLP metric export is paced by its event loop (no ticker thread): metrics leave every
+    `OTEL_METRIC_EXPORT_INTERVAL` while the process runs, not only at shutdown."""
+    receiver = start_receiver(procs)
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "300")
+    env = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"{receiver.url}/v1/metrics"}
+    telemetry = setup("pier-router", environ=env, install_global=False, loop_ticks=True)
+    try:
+        telemetry.fast_metrics("pier.router").counter("pier.test.ticks", "{tick}", "ticks").add(1, ())
+        telemetry.start_metric_ticks()
+
+        async def arrived() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(f"{receiver.url}/metrics") as resp:
+                names = await resp.json()
+            return "pier.test.ticks" in names.get("pier-router", [])
+
+        await wait_for(arrived, timeout_s=15, what="the metrics to leave on a loop tick")
+    finally:
+        telemetry.shutdown(timeout_s=2.0)

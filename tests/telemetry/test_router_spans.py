@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 import openai
+from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
@@ -300,3 +302,33 @@ async def test_prompt_content_only_when_opted_in_and_other_routes_are_traced(
         assert names == ["GET /internal/health", "GET /v1/models/{model}", CHAT_ROUTE]
         (missing,) = [s for s in traced.server_spans() if s.name == "GET /v1/models/{model}"]
         check_server(missing, "GET /v1/models/{model}", 404, "/v1/models/nope")  # the span name never has raw paths
+
+
+async def test_translated_anthropic_answers_carry_usage_and_finish_reasons(
+    procs: ProcessFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """An `openai-compatible` endpoint without Anthropic's route: Pier translates, and the attempt's span still
+    reads the endpoint's answer (whole and streamed)."""
+    emus = [("e1", 100, ("--no-anthropic",))]
+    async with traced_router(procs, tmp_path, redis_url, emus, entry={"type": "openai-compatible"}) as traced:
+        ask: list[MessageParam] = [{"role": "user", "content": "hello there"}]
+        async with AsyncAnthropic(base_url=traced.url, api_key="not-forwarded", max_retries=0, timeout=30) as client:
+            message = await client.messages.create(model=MODEL, max_tokens=32, messages=ask)
+            stream = await client.messages.create(model=MODEL, max_tokens=32, messages=ask, stream=True)
+            kinds = [event.type async for event in stream]
+        assert kinds[-1] == "message_stop"
+        spans = sorted(traced.client_spans(), key=lambda s: s.start_time or 0)
+        assert len(spans) == 2
+        whole, streamed = attrs(spans[0]), attrs(spans[1])
+        for span in (whole, streamed):
+            assert span["gen_ai.provider.name"] == "anthropic"
+            assert span["gen_ai.operation.name"] == "chat"
+            assert span["gen_ai.usage.input_tokens"] > 0
+            assert span["gen_ai.usage.output_tokens"] > 0
+            assert span["gen_ai.response.finish_reasons"]
+            assert span["gen_ai.response.id"]
+            assert "error.type" not in span
+        assert whole["gen_ai.usage.output_tokens"] == message.usage.output_tokens
+        assert whole["gen_ai.usage.input_tokens"] == message.usage.input_tokens
+        assert streamed["gen_ai.response.time_to_first_chunk"] > 0
+        assert "gen_ai.response.time_to_first_chunk" not in whole

@@ -1,18 +1,21 @@
 """`shared.telemetry.setup`: driven by the OTEL_* variables; nothing at all without an endpoint; an endpoint that
-hangs or is down never blocks the code that ends spans, and what is lost is counted."""
+hangs or is down never blocks the code that ends spans, and what is lost is counted; batches leave when full or
+after the schedule delay."""
 
 from __future__ import annotations
 
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 
-from shared.telemetry import TelemetryEnv, resource_for, setup
-from tests.harness import free_port
+from shared.telemetry import DropCounter, TelemetryEnv, _BatchProcessor, resource_for, setup
+from tests.harness import free_port, wait_for, wait_for_sync
 
 
 def test_no_endpoint_means_no_exporter_and_no_log(caplog: pytest.LogCaptureFixture) -> None:
@@ -124,3 +127,43 @@ def test_json_logs_carry_the_active_trace() -> None:
     assert line["msg"] == "hello there"
     assert line["trace_id"] == f"{context.trace_id:032x}"
     assert line["span_id"] == f"{context.span_id:016x}"
+
+
+class _Collect(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _processor(delay_ms: int, batch: int) -> tuple[TracerProvider, _Collect]:
+    exporter = _Collect()
+    env = {"OTEL_BSP_SCHEDULE_DELAY": str(delay_ms), "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(batch)}
+    provider = TracerProvider()
+    provider.add_span_processor(_BatchProcessor(exporter, DropCounter(), env))
+    return provider, exporter
+
+
+async def test_batches_leave_when_full_or_after_the_delay_from_an_event_loop() -> None:
+    provider, exporter = _processor(delay_ms=60_000, batch=4)
+    tracer = provider.get_tracer("t")
+    for _ in range(3):
+        tracer.start_span("s").end()
+    assert exporter.spans == []  # neither full nor late
+    tracer.start_span("s").end()
+    await wait_for(lambda: len(exporter.spans) == 4, timeout_s=5, what="the full batch to leave at once")
+    provider.shutdown()
+
+    provider, exporter = _processor(delay_ms=200, batch=512)
+    provider.get_tracer("t").start_span("late").end()
+    await wait_for(lambda: len(exporter.spans) == 1, timeout_s=5, what="the span to leave after the delay")
+    provider.shutdown()
+
+
+def test_a_span_leaves_after_the_delay_outside_an_event_loop() -> None:
+    provider, exporter = _processor(delay_ms=200, batch=512)
+    provider.get_tracer("t").start_span("late").end()
+    wait_for_sync(lambda: len(exporter.spans) == 1, timeout_s=5, what="the span to leave after the delay")
+    provider.shutdown()

@@ -116,3 +116,25 @@ def test_usage_is_asked_only_for_streams_that_did_not_ask() -> None:
     assert not needs_usage("embeddings", {"stream": True})
     asked = with_usage({"stream": True, "stream_options": {"other": 1}})
     assert asked["stream_options"] == {"other": 1, "include_usage": True}
+
+
+def usage_only(body: bytes) -> tuple[int | None, int | None, str | None]:
+    watch = ResponseWatch(strip_usage=False, clock=lambda: 1.0, usage_only=True)
+    watch.head(200, "application/json", CIMultiDict())
+    assert relay(watch, body, [5]) == body
+    return watch.answer.input_tokens, watch.answer.output_tokens, watch.answer.response_id
+
+
+def test_unsampled_json_answer_reads_only_its_trailing_usage_and_falls_back_when_unsure() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 7}
+    answer = {"id": "c1", "choices": [{"message": {"content": 'he said "usage": {"prompt_tokens": 99}'}}]}
+    # The usage object is the last member: read alone (the id is not needed without a span).
+    assert usage_only(json.dumps({**answer, "usage": usage}, indent=1).encode()) == (3, 7, None)
+    assert usage_only(json.dumps({**answer, "usage": usage}).encode()) == (3, 7, None)
+    # Usage elsewhere, a content that only looks like a usage key, or none: the whole answer is parsed.
+    assert usage_only(json.dumps({"usage": usage, **answer}).encode()) == (3, 7, "c1")
+    tricky = {"id": "c2", "usage": usage, "choices": [{"text": '\\"usage": {"prompt_tokens": 99}}'}]}
+    assert usage_only(json.dumps(tricky).encode()) == (3, 7, "c2")
+    assert usage_only(json.dumps(answer).encode()) == (None, None, "c1")
+    anthropic = {"id": "msg_1", "content": [{"type": "text", "text": "hi"}], "usage": {"input_tokens": 4}}
+    assert usage_only(json.dumps(anthropic).encode()) == (4, None, None)

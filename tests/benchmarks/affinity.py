@@ -198,7 +198,8 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=30)
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--prefill-ms-per-token", type=float, default=0.5)
-    parser.add_argument("--parallel", type=int, default=10, help="slots per emulator runner")
+    parser.add_argument("--parallel", type=int, default=16, help="slots per emulator runner (and Pier's limit)")
+    parser.add_argument("--load-factor", type=float, default=None, help="PIER_AFFINITY_LOAD_FACTOR (default: Pier's)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
 
@@ -212,12 +213,18 @@ def main() -> None:
             "--prefill-ms-per-token", str(args.prefill_ms_per_token), "--log-limit", "100",
         )  # fmt: skip
         emus = [start_emulator(procs, name, *emu_args) for name in NAMES]
-        config = write_config(workdir / "pier.yaml", [endpoint(e.name, e.url, 100) for e in emus])
+        # Pier's concurrency limit per endpoint matches the emulator's slots (DMR's profile says 8): past it a
+        # request goes elsewhere by design, which would be capacity, not affinity, at work.
+        entries = [endpoint(e.name, e.url, 100, max_concurrent_requests=args.parallel) for e in emus]
+        config = write_config(workdir / "pier.yaml", entries)
         start_health(procs, redis.url, workdir, config)
         routers: dict[str, list[str]] = {}
         for affinity in ("off", "on"):
             flag = "true" if affinity == "on" else "false"
-            routers[affinity] = [start_router(procs, redis.url, config, PIER_AFFINITY=flag).url for _ in range(3)]
+            extra = {"PIER_AFFINITY": flag}
+            if args.load_factor is not None:
+                extra["PIER_AFFINITY_LOAD_FACTOR"] = str(args.load_factor)
+            routers[affinity] = [start_router(procs, redis.url, config, **extra).url for _ in range(3)]
         # Loaded everywhere first (warm-up's job): every endpoint is a candidate, and no turn pays a load.
         for emu in emus:
             load_model(emu.url)
@@ -239,7 +246,7 @@ def main() -> None:
     header = (
         f"# Conversation affinity\n\n{args.conversations} conversations x {args.turns} turns at once, "
         f"3 endpoints in one tier ({args.parallel} slots each, prefill {args.prefill_ms_per_token} ms per uncached "
-        "token), streamed; "
+        f"token), streamed; load factor {args.load_factor if args.load_factor is not None else 'default'}; "
         "`python -m tests.benchmarks.affinity`.\n\n"
     )
     (args.out / "affinity.md").write_text(header + table(results, args.turns))

@@ -23,19 +23,10 @@ import secrets
 from typing import Any
 
 from services.router.anthropic_request import Expect
+from services.router.errors import anthropic_error_type
 from shared import jsontext
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use"}
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
@@ -43,12 +34,8 @@ class BadUpstream(ValueError):
     """The endpoint's answer is not a chat completion Pier can translate."""
 
 
-def error_type(status: int) -> str:
-    return _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-
-
 def error_payload(status: int, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type(status), "message": message}}
+    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
 
 
 def error_body(status: int, body: bytes) -> bytes:

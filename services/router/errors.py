@@ -181,14 +181,15 @@ _ANTHROPIC_TYPES = {
 }
 
 
-def _anthropic_type(status: int) -> str:
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error `type` for an HTTP status (its documented names; unknown ones by class)."""
     return _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
 def error_body(err: RouterError, flavour: Flavour) -> bytes:
     """The JSON body for one of the router's own errors."""
     if flavour is Flavour.ANTHROPIC:
-        inner_a = {"type": _anthropic_type(err.status), "message": err.message}
+        inner_a = {"type": anthropic_error_type(err.status), "message": err.message}
         payload: dict[str, Any] = {"type": "error", "error": inner_a}
     else:
         inner: dict[str, Any] = {"message": err.message, "type": err.type, "code": err.code, "param": None}
@@ -238,7 +239,7 @@ def normalise_upstream_error(status: int, content_type: str, body: bytes, flavou
     if len(text) > 4000:
         text = text[:4000] + "..."
     if flavour is Flavour.ANTHROPIC:
-        payload: dict[str, Any] = {"type": "error", "error": {"type": _anthropic_type(status), "message": text}}
+        payload: dict[str, Any] = {"type": "error", "error": {"type": anthropic_error_type(status), "message": text}}
     else:
         kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
         payload = {"error": {"message": text, "type": kind, "code": status, "param": None}}

@@ -249,24 +249,27 @@ class MissingTool(RuntimeError):
     """A system binary a test needs is absent and cannot be installed here; the message says what to install."""
 
 
+def _find_binary(name: str) -> str | None:
+    """On PATH, or in the system folders a non-root PATH may lack."""
+    return shutil.which(name) or next(
+        (str(p) for d in ("/usr/bin", "/usr/sbin", "/sbin") if (p := Path(d) / name).exists()), None
+    )
+
+
 def system_binary(name: str, package: str) -> str:
     """The path of a system binary, installed from Debian's packages when missing (root with apt-get only).
 
     Otherwise raises MissingTool naming the package: the test command promises to do its own set-up, so a
     missing tool is either installed or reported in one line, never a FileNotFoundError deep in a test.
     """
-    found = shutil.which(name) or next(
-        (str(p) for d in ("/usr/bin", "/usr/sbin", "/sbin") if (p := Path(d) / name).exists()), None
-    )
+    found = _find_binary(name)
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env, capture_output=True)
-        found = shutil.which(name) or next(
-            (str(p) for d in ("/usr/bin", "/usr/sbin") if (p := Path(d) / name).exists()), None
-        )
+        found = _find_binary(name)
         if found:
             return found
     raise MissingTool(f"{name} is not installed: install it with `apt-get install {package}` (as root)")

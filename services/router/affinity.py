@@ -85,6 +85,9 @@ class Affinity:
     def __init__(self, settings: RouterSettings, runtime: Runtime) -> None:
         self._sources = settings.affinity_sources
         self._needs_body = sessions.needs_body(self._sources)
+        # Only when the header source comes first may a header spare the body's parse: otherwise a body source
+        # configured before it must be read first (the configured order decides).
+        self._header_first = bool(self._sources) and self._sources[0] is sessions.Source.HEADER
         self._load_factor = settings.affinity_load_factor
         self._runtime = runtime
 
@@ -98,13 +101,17 @@ class Affinity:
     ) -> Placement | None:
         model = decision.model or ""
         sources = self._sources
-        if data is None and self._needs_body and sessions.from_headers(sources, headers) is None:
-            # The model was read without parsing the body; the key needs it (a malformed body: no key, and the
-            # endpoint answers it as it would have).
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                parsed = jsontext.loads(body)
-                data = parsed if isinstance(parsed, dict) else None
-        key = sessions.session_key(sources, headers, data, model, anthropic=anthropic)
+        raw = sessions.from_headers(sources, headers) if self._header_first else None
+        if raw is not None:  # a session header ranked first: no need to parse the body
+            key: str | None = sessions.digest(model, sessions.Source.HEADER, raw)
+        else:
+            if data is None and self._needs_body:
+                # The model was read without parsing the body; the key needs it (a malformed body: no key, and
+                # the endpoint answers it as it would have).
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    parsed = jsontext.loads(body)
+                    data = parsed if isinstance(parsed, dict) else None
+            key = sessions.session_key(sources, headers, data, model, anthropic=anthropic)
         if key is None:
             return None
         return place(decision.candidates, key, model, self._runtime.inflight, load_factor=self._load_factor)

@@ -224,3 +224,33 @@ def test_affinity_never_beats_health_or_priority() -> None:
     # Only blocked endpoints left: no affinity on the last resort.
     blocked = decision_for(("e1", "e2"), blocked=frozenset({"e1", "e2"}))
     assert place(blocked.candidates, "k", MODEL, {}, load_factor=0.25) is None
+
+
+def test_the_configured_order_decides_even_when_the_body_was_not_parsed() -> None:
+    """The proxy reads the model without parsing the body: a header must not jump ahead of a body source."""
+    import json
+
+    from services.router.affinity import Affinity
+    from services.router.runtime import Runtime
+    from services.router.settings import RouterSettings
+
+    body = chat("Be brief.", "Hi")
+    decision = decision_for()
+    prefix_key = session_key((Source.PREFIX,), {}, body, MODEL, anthropic=False)
+    assert prefix_key is not None
+    by_prefix = first(decision, prefix_key)
+    # A session header whose own choice differs, so the two orders can be told apart.
+    session = next(f"s-{i}" for i in range(100) if first(decision, header_key(f"s-{i}")) != by_prefix)
+    headers = {"X-Pier-Session-ID": session}
+    raw = json.dumps(body).encode()
+    for sources, expected in (("prefix,header", by_prefix), ("header,prefix", first(decision, header_key(session)))):
+        affinity = Affinity(RouterSettings(affinity_sources=sources), Runtime(seed=1))  # type: ignore[arg-type]
+        placed_now = affinity.place(headers, raw, None, decision, anthropic=False)
+        assert placed_now is not None
+        assert placed_now.candidates[0].target.name == expected, sources
+
+
+def header_key(session: str) -> str:
+    key = session_key((Source.HEADER,), {"X-Pier-Session-ID": session}, None, MODEL, anthropic=False)
+    assert key is not None
+    return key

@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from tests import reliability
 from tests.harness import ROOT, ProcessFactory, RedisServer, start_redis
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    reliability.start_run()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    said = reliability.write_report()
+    if said:
+        terminalreporter.write_line(said)
 
 
 @pytest.fixture(scope="session")

@@ -93,9 +93,26 @@ def unsampled_traceparent(trace_id: int) -> str:
 
 
 class LeanSpan:
-    """One sampled span being recorded; `end` hands it to the provider's processors (once)."""
+    """One sampled span being recorded; `end` hands it to the provider's processors (once).
 
-    __slots__ = ("attributes", "kind", "name", "parent", "span_id", "start_ns", "trace_id", "tracer", "tracestate")
+    The parent is kept as what it is (the caller's `Inbound`, or the local parent `LeanSpan`), not as a
+    `SpanContext`: the OTLP encoder needs only its span id, and a processor that takes lean records
+    (`LeanTracer`) never needs the SDK's objects at all."""
+
+    __slots__ = (
+        "attributes",
+        "end_ns",
+        "error",
+        "inbound",
+        "kind",
+        "name",
+        "parent_span",
+        "span_id",
+        "start_ns",
+        "trace_id",
+        "tracer",
+        "tracestate",
+    )
 
     def __init__(
         self,
@@ -103,7 +120,8 @@ class LeanSpan:
         name: str,
         kind: SpanKind,
         trace_id: int,
-        parent: SpanContext | None,
+        inbound: Inbound | None,
+        parent_span: LeanSpan | None,
         attributes: dict[str, Any],
         tracestate: str | None,
     ) -> None:
@@ -112,41 +130,60 @@ class LeanSpan:
         self.kind = kind
         self.trace_id = trace_id
         self.span_id = new_span_id()
-        self.parent = parent
+        self.inbound = inbound  # a remote parent (the caller's traceparent)
+        self.parent_span = parent_span  # a local parent
         self.attributes = attributes
         self.tracestate = tracestate
         self.start_ns = time.time_ns()
+        self.end_ns = 0
+        self.error = False
 
     @property
     def traceparent(self) -> str:
         return f"00-{self.trace_id:032x}-{self.span_id:016x}-01"
 
+    @property
+    def parent_id(self) -> int:
+        """The parent's span id (0: a root span)."""
+        if self.parent_span is not None:
+            return self.parent_span.span_id
+        return self.inbound.span_id if self.inbound is not None else 0
+
     def context(self, *, remote: bool = False) -> SpanContext:
         state = TraceState.from_header([self.tracestate]) if self.tracestate else None
         return SpanContext(self.trace_id, self.span_id, remote, _SAMPLED, state)
 
+    @property
+    def parent(self) -> SpanContext | None:
+        if self.parent_span is not None:
+            return self.parent_span.context()
+        return self.inbound.context() if self.inbound is not None else None
+
     def child(self, name: str, kind: SpanKind, attributes: dict[str, Any]) -> LeanSpan:
         """A span inside this one (same trace, sampled with it: the parent-based rule for a local parent)."""
-        return LeanSpan(self.tracer, name, kind, self.trace_id, self.context(), attributes, self.tracestate)
+        return LeanSpan(self.tracer, name, kind, self.trace_id, None, self, attributes, self.tracestate)
 
     def end(self, *, error: bool = False) -> None:
-        tracer = self.tracer
-        tracer.on_end(
-            ReadableSpan(
-                self.name,
-                self.context(),
-                self.parent,
-                tracer.resource,
-                self.attributes,
-                (),
-                (),
-                self.kind,
-                None,
-                _ERROR if error else _UNSET,
-                self.start_ns,
-                time.time_ns(),
-                tracer.scope,
-            )
+        self.end_ns = time.time_ns()
+        self.error = error
+        self.tracer.finish(self)
+
+    def readable(self) -> ReadableSpan:
+        """The SDK's span for this record (for processors and exporters that take only those)."""
+        return ReadableSpan(
+            self.name,
+            self.context(),
+            self.parent,
+            self.tracer.resource,
+            self.attributes,
+            (),
+            (),
+            self.kind,
+            None,
+            _ERROR if self.error else _UNSET,
+            self.start_ns,
+            self.end_ns,
+            self.tracer.scope,
         )
 
 
@@ -159,10 +196,19 @@ class LeanTracer:
     def __init__(self, provider: TracerProvider, scope: str) -> None:
         # The provider's processors, as its own spans reach them (the SDK keeps them in this attribute; there is
         # no public accessor).
-        self.on_end: Callable[[ReadableSpan], None] = provider._active_span_processor.on_end
+        on_end: Callable[[ReadableSpan], None] = provider._active_span_processor.on_end
         self.resource = provider.resource
         self.scope = InstrumentationScope(scope)
         self._decide = _decider(provider.sampler)
+        # The usual case, the provider's only processor is Pier's batch processor: the record itself is queued
+        # (no SDK span objects built on the request path; the encoder reads the record). Any other processor (an
+        # in-memory exporter in tests, a user's own) gets the SDK's `ReadableSpan`.
+        processors: tuple[Any, ...] = tuple(getattr(provider._active_span_processor, "_span_processors", ()))
+        sink = processors[0] if len(processors) == 1 else None
+        if sink is not None and hasattr(sink, "on_end_lean"):
+            self.finish: Callable[[LeanSpan], None] = sink.on_end_lean
+        else:
+            self.finish = lambda span: on_end(span.readable())
 
     def sampled(self, trace_id: int, inbound: Inbound | None) -> bool:
         return self._decide(trace_id, inbound)
@@ -171,9 +217,8 @@ class LeanTracer:
         self, name: str, kind: SpanKind, trace_id: int, inbound: Inbound | None, attributes: dict[str, Any]
     ) -> LeanSpan:
         """A sampled span: a root of `trace_id`, or the remote caller's child when `inbound` is given."""
-        parent = inbound.context() if inbound is not None else None
         tracestate = inbound.tracestate if inbound is not None else None
-        return LeanSpan(self, name, kind, trace_id, parent, attributes, tracestate)
+        return LeanSpan(self, name, kind, trace_id, inbound, None, attributes, tracestate)
 
 
 def _decider(sampler: Sampler) -> Decide:

@@ -10,12 +10,16 @@ Wire format: opentelemetry/proto/collector/trace/v1/trace_service.proto and trac
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind, StatusCode, TraceState
+
+from shared.leanspan import LeanSpan
 
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
@@ -121,14 +125,7 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))  # parent span id (4)
         if parent.is_remote:
             flags = _FLAGS_REMOTE
-    name = span.name
-    encoded_name = _NAMES.get(name)
-    if encoded_name is None:
-        encoded_name = _str(5, name)
-        if len(_NAMES) >= _CACHE_LIMIT:
-            _NAMES.clear()
-        _NAMES[name] = encoded_name
-    parts.append(encoded_name)
+    parts.append(_name(span.name))
     parts.append(_KIND_FIELD[span.kind.value])
     parts.append(b"\x39" + _PACK_Q(span.start_time or 0) + b"\x41" + _PACK_Q(span.end_time or 0))
     parts.append(_attributes(9, span.attributes))
@@ -165,6 +162,43 @@ def _span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
+def _name(name: str) -> bytes:
+    encoded = _NAMES.get(name)
+    if encoded is None:
+        encoded = _str(5, name)
+        if len(_NAMES) >= _CACHE_LIMIT:
+            _NAMES.clear()
+        _NAMES[name] = encoded
+    return encoded
+
+
+@functools.lru_cache(maxsize=256)
+def _tracestate(header: str) -> bytes:
+    """A caller's `tracestate` as the SDK writes it (parsed, then written again; empty when invalid)."""
+    written = TraceState.from_header([header]).to_header()
+    return _str(3, written) if written else b""
+
+
+def _lean_span(span: LeanSpan) -> bytes:
+    """`_span` for the router's own records: the same bytes, read from the record's plain fields."""
+    parts = [b"\x0a\x10" + span.trace_id.to_bytes(16, "big"), b"\x12\x08" + span.span_id.to_bytes(8, "big")]
+    if span.tracestate:
+        parts.append(_tracestate(span.tracestate))
+    flags = _FLAGS_LOCAL
+    if span.parent_span is not None:
+        parts.append(b"\x22\x08" + span.parent_span.span_id.to_bytes(8, "big"))
+    elif span.inbound is not None:
+        parts.append(b"\x22\x08" + span.inbound.span_id.to_bytes(8, "big"))
+        flags = _FLAGS_REMOTE
+    parts.append(_name(span.name))
+    parts.append(_KIND_FIELD[span.kind.value])
+    parts.append(b"\x39" + _PACK_Q(span.start_ns) + b"\x41" + _PACK_Q(span.end_ns))
+    parts.append(_attributes(9, span.attributes))
+    parts.append(_STATUS_FIELD[2 if span.error else 0])
+    parts.append(flags)
+    return b"".join(parts)
+
+
 _NAMES: dict[str, bytes] = {}  # encoded span names (a few route templates and "{operation} {model}")
 _KIND_FIELD = {value: b"\x30" + _varint(kind) for value, kind in _KIND.items()}  # field 6
 # Status (15) without a description: empty (unset), or only its code.
@@ -174,17 +208,23 @@ _FLAGS_LOCAL = b"\x85\x01" + _PACK_I(_HAS_REMOTE_PARENT_MASK)
 _FLAGS_REMOTE = b"\x85\x01" + _PACK_I(_HAS_REMOTE_PARENT_MASK | _IS_REMOTE_MASK)
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
-    """An `ExportTraceServiceRequest` for `spans`, grouped by resource and instrumentation scope."""
+def encode_spans(spans: Sequence[ReadableSpan | LeanSpan]) -> bytes:
+    """An `ExportTraceServiceRequest` for `spans` (the SDK's spans or the router's `LeanSpan` records), grouped by
+    resource and instrumentation scope."""
     by_resource: dict[Any, dict[Any, list[bytes]]] = {}
     resources: dict[Any, Any] = {}
     scopes: dict[Any, Any] = {}
+    scope: InstrumentationScope | None
     for span in spans:
-        resource, scope = span.resource, span.instrumentation_scope
+        if isinstance(span, LeanSpan):
+            tracer = span.tracer
+            resource, scope, one = tracer.resource, tracer.scope, _lean_span(span)
+        else:
+            resource, scope, one = span.resource, span.instrumentation_scope, _span(span)
         rkey, skey = id(resource), id(scope)
         resources[rkey] = resource
         scopes[skey] = scope
-        by_resource.setdefault(rkey, {}).setdefault(skey, []).append(_span(span))
+        by_resource.setdefault(rkey, {}).setdefault(skey, []).append(one)
     out = []
     for rkey, by_scope in by_resource.items():
         resource = resources[rkey]

@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from shared.fastmetrics import FastMetrics, export_through
+from shared.leanspan import LeanSpan
 from shared.otlpencode import encode_spans
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,12 @@ class _BatchProcessor(SpanProcessor):
 
     def __init__(self, exporter: SpanExporter, drops: DropCounter, environ: Mapping[str, str]) -> None:
         self._exporter = exporter
+        # Pier's OTLP exporter encodes `LeanSpan` records as they are; any other exporter gets the SDK's spans.
+        self._takes_lean = bool(getattr(exporter, "takes_lean", False))
         self._drops = drops
         self._batch = max(1, int(environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "") or 512))
         self._delay_s = max(0.0, float(environ.get("OTEL_BSP_SCHEDULE_DELAY", "") or 5000) / 1000)
-        self._queue: deque[ReadableSpan] = deque()
+        self._queue: deque[ReadableSpan | LeanSpan] = deque()
         self._wake = threading.Event()
         self._export_lock = threading.Lock()
         self._armed = False  # a timer will wake the worker
@@ -121,6 +124,14 @@ class _BatchProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if self._stopping or span.context is None or not span.context.trace_flags.sampled:
             return
+        self._queue_span(span)
+
+    def on_end_lean(self, span: LeanSpan) -> None:
+        """The router's own records (`shared.leanspan`, always sampled), queued as they are: the encoder reads them."""
+        if not self._stopping:
+            self._queue_span(span)
+
+    def _queue_span(self, span: ReadableSpan | LeanSpan) -> None:
         queue = self._queue
         if len(queue) >= _QUEUE_SIZE:
             queue.popleft()  # the oldest goes: the collector is slow or down
@@ -156,8 +167,10 @@ class _BatchProcessor(SpanProcessor):
             queue = self._queue
             while queue:
                 batch = [queue.popleft() for _ in range(min(self._batch, len(queue)))]
+                if not self._takes_lean:
+                    batch = [s.readable() if isinstance(s, LeanSpan) else s for s in batch]
                 try:
-                    result = self._exporter.export(batch)
+                    result = self._exporter.export(batch)  # type: ignore[arg-type]  # lean records: see takes_lean
                 except Exception:  # an exporter bug must not end the worker
                     log.exception("telemetry: span export failed")
                     result = SpanExportResult.FAILURE
@@ -280,14 +293,16 @@ def _span_exporter(endpoint: str) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     class _Exporter(OTLPSpanExporter):
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        takes_lean = True  # `encode_spans` reads `LeanSpan` records (see `_BatchProcessor`)
+
+        def export(self, spans: Sequence[ReadableSpan | LeanSpan]) -> SpanExportResult:
             if self._shutdown:
                 return SpanExportResult.FAILURE
             try:
                 body = encode_spans(spans)
             except Exception:  # a span the encoder cannot write: the SDK's encoder takes this batch
                 log.exception("telemetry: could not encode a span batch; using the SDK's encoder")
-                return super().export(spans)
+                return super().export([s.readable() if isinstance(s, LeanSpan) else s for s in spans])
             result = self._client.export(body)
             return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
 

@@ -52,6 +52,9 @@ PIER_SETTINGS: tuple[PierSetting, ...] = (
         },
         note="telemetry on, parentbased_traceidratio 0.1",
     ),
+    PierSetting("x-alwaysoff", {**_OTEL_ON, "OTEL_TRACES_SAMPLER": "always_off"}, note="x"),
+    PierSetting("x-metrics", {**_OTEL_ON, "OTEL_TRACES_EXPORTER": "none"}, note="x"),
+    PierSetting("x-traces-off", {**_OTEL_ON, "OTEL_METRICS_EXPORTER": "none", "OTEL_TRACES_SAMPLER": "always_off"}, note="x"),
     PierSetting("pier-workers2", {"PIER_WORKERS": "2"}, cores="both", note="PIER_WORKERS=2, unpinned (2 cores)"),
 )
 

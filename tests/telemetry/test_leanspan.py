@@ -4,13 +4,14 @@ sampled as the provider's sampler decides, and `shared.otlpencode` writes them a
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -24,8 +25,9 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 
-from shared.leanspan import ACTIVE, LeanTracer, parse_traceparent, unsampled_traceparent
+from shared.leanspan import ACTIVE, LeanSpan, LeanTracer, new_trace_id, parse_traceparent, unsampled_traceparent
 from shared.otlpencode import encode_spans
+from shared.telemetry import DropCounter, _BatchProcessor
 from shared.tracecontext import current_traceparent
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -138,3 +140,45 @@ def test_spans_reach_the_processors_and_encode_as_the_official_encoder() -> None
         ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
         theirs = ExportTraceServiceRequest.FromString(official(spans).SerializeToString())
         assert ours == theirs
+
+
+class _LeanCapture(SpanExporter):
+    """An exporter that, like Pier's OTLP exporter, takes the router's records as they are."""
+
+    takes_lean = True
+
+    def __init__(self) -> None:
+        self.batches: list[list[object]] = []
+
+    def export(self, spans: Sequence[object]) -> SpanExportResult:
+        self.batches.append(list(spans))
+        return SpanExportResult.SUCCESS
+
+
+def test_records_reach_pier_s_batch_processor_as_they_are_and_encode_as_their_sdk_spans() -> None:
+    capture = _LeanCapture()
+    tracer_provider = TracerProvider(resource=Resource({"service.name": "pier-router"}))
+    tracer_provider.add_span_processor(_BatchProcessor(capture, DropCounter(), {}))
+    lean = LeanTracer(tracer_provider, "pier.router")
+    for tracestate in ("vendor=x,other=y", "not a valid state", None):
+        inbound = parse_traceparent(f"00-{TRACE}-{PARENT}-01", tracestate)
+        server = lean.start("POST /v1/chat/completions", SpanKind.SERVER, int(TRACE, 16), inbound, {"http.route": "/x"})
+        attempt = server.child("chat m", SpanKind.CLIENT, {"pier.attempt": 1, "t": ("stop",), "ok": True})
+        attempt.end(error=True)
+        server.end()
+    root = lean.start("GET /health", SpanKind.SERVER, new_trace_id(), None, {"n": 2.5})
+    root.end()
+    tracer_provider.force_flush()
+    records = [span for batch in capture.batches for span in batch]
+    assert len(records) == 7
+    assert all(isinstance(span, LeanSpan) for span in records)  # no SDK span object was built for them
+    readable = [span.readable() for span in records if isinstance(span, LeanSpan)]
+    assert readable[0].status.status_code is StatusCode.ERROR
+    assert readable[0].parent is not None
+    assert readable[0].parent.span_id == readable[1].context.span_id
+    assert readable[1].parent is not None
+    assert readable[1].parent.is_remote
+    assert readable[-1].parent is None
+    ours = ExportTraceServiceRequest.FromString(encode_spans(records))  # type: ignore[arg-type]
+    theirs = ExportTraceServiceRequest.FromString(official(readable).SerializeToString())
+    assert ours == theirs

@@ -19,6 +19,10 @@ class JSONTooDeep(ValueError):
 def loads(data: str | bytes | bytearray) -> Any:
     """`json.loads`, with nesting too deep to parse raised as JSONTooDeep (a ValueError)."""
     try:
+        if not isinstance(data, str) and data and 0 < data[0] < 0x80 and (len(data) < 2 or data[1]):
+            # What `json.loads` decides for bytes that start so (UTF-8: no BOM, no UTF-16/32 NUL pattern), without
+            # its Python-level detection on every request body and answer.
+            data = data.decode("utf-8", "surrogatepass")
         return json.loads(data)
     except RecursionError:
         raise JSONTooDeep("JSON is nested too deeply") from None

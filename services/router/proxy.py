@@ -45,7 +45,7 @@ from services.router.routing import Decision, RouteError
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
 from services.router.table import Target
-from services.router.telemetry import TRACE_KEY, RequestTrace
+from services.router.telemetry import CURRENT, RequestTrace
 from shared import jsontext
 from shared.config import PierConfig
 from shared.h1client import origin_of
@@ -194,7 +194,7 @@ class Proxy:
                 model = sniff_model(body)
                 if model is None:
                     data, model = parse_body(body)
-            traced: RequestTrace | None = request.get(TRACE_KEY) if self._traced else None
+            traced: RequestTrace | None = CURRENT.get() if self._traced else None
             if traced is not None:
                 body, data = traced.request_in(anthropic, op, body, data, model)
             decision = self._decisions.decide(state.table, model, engine, anthropic)

@@ -20,6 +20,7 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -148,10 +149,18 @@ class RouterTelemetry:
     def wrap(self, handler: Handler) -> Handler:
         """`handler` inside a SERVER span and the HTTP duration metric."""
         lean, clock, duration, port = self.lean, self._clock, self.http_duration, self.port
+        # Each wrapped handler serves one route: its template is read once, and the duration metric's attribute
+        # sets are built once per method and status.
+        template: list[str] = []
+        metric_attrs: dict[tuple[str, int], Attrs] = {}
 
         async def traced(request: web.Request) -> web.StreamResponse:
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
+            if template:
+                route = template[0]
+            else:
+                resource = request.match_info.route.resource
+                route = resource.canonical if resource is not None else "unmatched"
+                template.append(route)
             method = request.method
             started = clock()
             span: LeanSpan | None = None
@@ -160,7 +169,8 @@ class RouterTelemetry:
             if lean is not None:
                 # The caller's trace continues through Pier; without a (valid) traceparent Pier starts one.
                 headers = request.headers
-                inbound = parse_traceparent(headers.get("traceparent"), headers.get("tracestate"))
+                caller = headers.get("traceparent")
+                inbound = parse_traceparent(caller, headers.get("tracestate")) if caller is not None else None
                 trace_id = inbound.trace_id if inbound is not None else new_trace_id()
                 if lean.sampled(trace_id, inbound):
                     span = lean.start(
@@ -176,8 +186,7 @@ class RouterTelemetry:
                             "server.port": port,
                         },
                     )
-            record = RequestTrace(self, span, trace_id, inbound)
-            request[TRACE_KEY] = record
+            current = CURRENT.set(RequestTrace(self, span, trace_id, inbound))
             token = ACTIVE.set(span) if span is not None else None
             status = 500
             try:
@@ -191,6 +200,7 @@ class RouterTelemetry:
                 status = 499  # the client left: not an error of the router's
                 raise
             finally:
+                CURRENT.reset(current)
                 if token is not None:
                     ACTIVE.reset(token)
                 if span is not None:
@@ -203,7 +213,15 @@ class RouterTelemetry:
                     if failed:
                         attributes["error.type"] = str(status)
                     span.end(error=failed)
-                attrs = (("http.request.method", method), ("http.route", route), ("http.response.status_code", status))
+                attrs = metric_attrs.get((method, status))
+                if attrs is None:
+                    if len(metric_attrs) >= _ATTRIBUTE_SETS:  # methods are the client's: bounded all the same
+                        metric_attrs.clear()
+                    attrs = metric_attrs[method, status] = (
+                        ("http.request.method", method),
+                        ("http.route", route),
+                        ("http.response.status_code", status),
+                    )
                 duration.record(clock() - started, attrs)
 
         return traced
@@ -297,7 +315,7 @@ class RequestTrace:
         params: dict[str, Any] = {}
         for key, attribute in _REQUEST_PARAMS:
             value = data.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 params[attribute] = value
         stop = data.get("stop", data.get("stop_sequences"))
         if isinstance(stop, str):
@@ -347,7 +365,9 @@ class RequestTrace:
         return Attempt(self, attempt_span, watch, target.name, name, call.route, owner._clock())
 
 
-TRACE_KEY: web.RequestKey[RequestTrace] = web.RequestKey("pier.trace", RequestTrace)  # for the proxy's hooks
+# The request's RequestTrace for the proxy's hooks, set by `RouterTelemetry.wrap` in the request's own task (a
+# context variable: the request mapping's Python-level get and set cost more than the hooks they serve).
+CURRENT: ContextVar[RequestTrace | None] = ContextVar("pier_request_trace", default=None)
 
 
 class Attempt:

@@ -117,6 +117,8 @@ class _BatchProcessor(SpanProcessor):
         self._wake = threading.Event()
         self._export_lock = threading.Lock()
         self._armed = False  # a timer will wake the worker
+        self._flush_due = False  # the timer fired: the worker sends a partial batch too
+        self._full_signalled = False  # the worker was woken for a full batch and has not started on it yet
         self._stopping = False
         self._worker = threading.Thread(target=self._run, name="pier-span-export", daemon=True)
         self._worker.start()
@@ -139,7 +141,9 @@ class _BatchProcessor(SpanProcessor):
                 self._drops.queue_full += 1
         queue.append(span)
         if len(queue) >= self._batch:
-            self._wake.set()
+            if not self._full_signalled:  # once per full batch, not once per span while the worker is busy
+                self._full_signalled = True
+                self._wake.set()
         elif not self._armed:
             self._arm()
 
@@ -154,18 +158,26 @@ class _BatchProcessor(SpanProcessor):
 
     def _timeout(self) -> None:
         self._armed = False
+        self._flush_due = True
         self._wake.set()
 
     def _run(self) -> None:
         while not self._stopping:
             self._wake.wait()  # untimed on purpose (see the class docstring)
             self._wake.clear()
-            self._export_queued()
+            self._full_signalled = False
+            partial, self._flush_due = self._flush_due, False
+            self._export_queued(partial=partial)
+            if self._queue and not self._armed:
+                self._arm()  # a partial batch left behind waits no longer than the schedule delay
 
-    def _export_queued(self) -> None:
+    def _export_queued(self, *, partial: bool = True) -> None:
+        """Send what is queued in batches; a last partial batch only when `partial` (the schedule delay passed,
+        a flush, shutdown): woken for a full batch, the worker leaves the rest for the next one or the timer
+        (measured: sending whatever had arrived meant many small exports, each paying a whole HTTP request)."""
         with self._export_lock:
             queue = self._queue
-            while queue:
+            while len(queue) >= self._batch or (partial and queue):
                 batch = [queue.popleft() for _ in range(min(self._batch, len(queue)))]
                 if not self._takes_lean:
                     batch = [s.readable() if isinstance(s, LeanSpan) else s for s in batch]

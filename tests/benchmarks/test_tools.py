@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.benchmarks import report, wrk
+from tests.benchmarks import instructions, report, wrk
 from tests.benchmarks.layout import DMR_CHAT_PATH, JSON_BODY, python_module
 from tests.benchmarks.profile import hot_spots
 from tests.benchmarks.stream_client import analyse, run_streams
@@ -142,3 +142,18 @@ def test_hot_spots_counts_self_and_inclusive_samples(tmp_path: Path) -> None:
     assert "8 on-CPU samples" in text
     assert " 50.0    40.0  idle" in text  # self: 4 of 8 samples = half of 80 µs
     assert " 50.0    40.0  handle" in text  # inclusive: 3 + 1
+
+
+def test_instruction_counts_are_read_per_thread_from_callgrind_dumps(tmp_path: Path) -> None:
+    dump = tmp_path / "callgrind-pier.out.1"
+    for thread, total in ((1, 900_000_000), (2, 100_000_000), (3, 2_000_000)):
+        (tmp_path / f"callgrind-pier.out.1-0{thread}").write_text(
+            f"# callgrind format\nversion: 1\ncreator: callgrind-3.19.0\npid: 42\ncmd: python\npart: 1\n"
+            f"thread: {thread}\ndesc: Trigger: dump\nevents: Ir\nsummary: 0\ntotals: {total}\n"
+        )
+    (tmp_path / "callgrind-pier.out-01").write_text("thread: 1\ntotals: 5\n")  # the exit dump: not this one
+    assert instructions.thread_totals(dump) == {1: 900_000_000, 2: 100_000_000, 3: 2_000_000}
+    counts = [instructions.Count("pier", 400.0, 0.0), instructions.Count("pier-otel", 500.0, 300.0)]
+    text = instructions.table(counts)
+    assert "| pier | 400 | 0 | 400 | 1.00x |" in text
+    assert "| pier-otel | 500 | 300 | 800 | 0.50x |" in text

@@ -132,9 +132,11 @@ def test_json_logs_carry_the_active_trace() -> None:
 class _Collect(SpanExporter):
     def __init__(self) -> None:
         self.spans: list[ReadableSpan] = []
+        self.sizes: list[int] = []  # one per export call
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.spans.extend(spans)
+        self.sizes.append(len(spans))
         return SpanExportResult.SUCCESS
 
 
@@ -159,6 +161,20 @@ async def test_batches_leave_when_full_or_after_the_delay_from_an_event_loop() -
     provider, exporter = _processor(delay_ms=200, batch=512)
     provider.get_tracer("t").start_span("late").end()
     await wait_for(lambda: len(exporter.spans) == 1, timeout_s=5, what="the span to leave after the delay")
+    provider.shutdown()
+
+
+async def test_a_full_batch_leaves_alone_and_the_rest_waits_for_the_delay() -> None:
+    """Woken for a full batch, the worker sends full batches only: spans arriving meanwhile wait for the next
+    full batch or the schedule delay, instead of leaving in many small exports."""
+    provider, exporter = _processor(delay_ms=1500, batch=4)
+    tracer = provider.get_tracer("t")
+    for _ in range(10):
+        tracer.start_span("s").end()
+    await wait_for(lambda: len(exporter.spans) == 8, timeout_s=5, what="the two full batches")
+    assert exporter.sizes == [4, 4]
+    await wait_for(lambda: len(exporter.spans) == 10, timeout_s=10, what="the last two after the delay")
+    assert exporter.sizes == [4, 4, 2]
     provider.shutdown()
 
 

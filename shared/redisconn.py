@@ -244,26 +244,45 @@ async def verify(target: RedisTarget, *, timeout_s: float = VERIFY_TIMEOUT_S) ->
     unreachable (the caller carries on as it always did); RedisRefused when it refuses for good."""
     if target.sentinels:
         await _verify_master_known(target, timeout_s)
+    resets = 0
+    while True:
+        try:
+            return await _verify_once(target, timeout_s)
+        except ConnectionResetError:
+            # A TLS server that wants a client certificate sends an alert and closes; the reset can overtake
+            # the alert. Retried, one attempt nearly always shows the alert; resets on every one say the same.
+            resets += 1
+            if resets >= _TLS_RESET_TRIES:
+                reason = "the server closed every TLS connection at once: does it require a client certificate?"
+                raise RedisRefused("PIER_REDIS_CERT_FILE", reason) from None
+
+
+_TLS_RESET_TRIES = 5
+
+
+async def _verify_once(target: RedisTarget, timeout_s: float) -> bool:
     redis = connect(target, timeout_s=timeout_s, socket_timeout_s=timeout_s)
     try:
         async with asyncio.timeout(timeout_s * 2):
             await redis.ping()
             await redis.exists(keys.ENDPOINT_INDEX)
     except AuthenticationError as exc:
-        key = "PIER_REDIS_USERNAME" if target.username and "username" in str(exc).lower() else "PIER_REDIS_PASSWORD"
-        raise RedisRefused(key, f"Redis refused the login ({_first_line(exc)})") from None
+        who = f"user {target.username!r}" if target.username else "the URL's user or the default user"
+        raise RedisRefused("PIER_REDIS_PASSWORD", f"Redis refused the login of {who} ({_first_line(exc)})") from None
     except NoPermissionError as exc:
         raise RedisRefused(
             "PIER_REDIS_USERNAME", f"the ACL user may not use Pier's keys ({_first_line(exc)})"
         ) from None
     except ResponseError as exc:
-        if "NOAUTH" in str(exc) or "AUTH" in str(exc).upper().split()[0:1]:
+        if "NOAUTH" in str(exc):
             raise RedisRefused("PIER_REDIS_PASSWORD", f"Redis wants a password ({_first_line(exc)})") from None
         raise
     except (RedisError, OSError, TimeoutError) as exc:
         tls_failure = _tls_failure(exc)
         if tls_failure is not None:
-            raise RedisRefused(_tls_setting(target), f"TLS failed ({tls_failure})") from None
+            raise RedisRefused(_tls_setting(target, tls_failure), f"TLS failed ({tls_failure})") from None
+        if target.tls and target.cert_file is None and "reset by peer" in str(exc):
+            raise ConnectionResetError from None
         log.warning("Redis at %s is not reachable yet (%s); carrying on", target.describe(), _first_line(exc))
         return False
     finally:
@@ -290,7 +309,8 @@ async def _verify_master_known(target: RedisTarget, timeout_s: float) -> None:
         except (RedisError, OSError, TimeoutError) as exc:
             tls_failure = _tls_failure(exc)
             if tls_failure is not None:
-                raise RedisRefused(_tls_setting(target), f"TLS to a Sentinel failed ({tls_failure})") from None
+                reason = f"TLS to a Sentinel failed ({tls_failure})"
+                raise RedisRefused(_tls_setting(target, tls_failure), reason) from None
             continue
         finally:
             await client.aclose()
@@ -316,7 +336,10 @@ def _tls_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _tls_setting(target: RedisTarget) -> str:
+def _tls_setting(target: RedisTarget, reason: str) -> str:
+    said = reason.lower().replace("_", " ")
+    if "certificate required" in said or (target.cert_file is not None and "verify" not in said):
+        return "PIER_REDIS_CERT_FILE"  # the server wants (or refused) our client certificate
     return "PIER_REDIS_CA_FILE" if target.ca_file is not None else "PIER_REDIS_URL"
 
 

@@ -76,7 +76,7 @@ class Group:
         seen: dict[int, int] = {}
         for sentinel in self.sentinels:
             try:
-                addr = self.sentinel_client(sentinel).sentinel_get_master_addr_by_name(MASTER)
+                addr: Any = self.sentinel_client(sentinel).sentinel_get_master_addr_by_name(MASTER)
             except (sync_redis.RedisError, OSError):
                 continue
             if addr:

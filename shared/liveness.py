@@ -11,6 +11,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from shared import statestore
+from shared.redisconn import RedisTarget
 
 
 def record_instance_id(path: Path, instance_id: str) -> None:
@@ -19,7 +20,7 @@ def record_instance_id(path: Path, instance_id: str) -> None:
         path.write_text(instance_id, encoding="utf-8")
 
 
-async def _heartbeat_fresh(redis_url: str, service: str, instance_id: str, max_age_s: float) -> bool:
+async def _heartbeat_fresh(redis_url: RedisTarget | str, service: str, instance_id: str, max_age_s: float) -> bool:
     redis = statestore.connect(redis_url, timeout_s=2.0)
     try:
         age = await asyncio.wait_for(statestore.heartbeat_age_s(redis, service, instance_id), timeout=3.0)
@@ -37,7 +38,7 @@ async def _heartbeat_fresh(redis_url: str, service: str, instance_id: str, max_a
     return True
 
 
-def check(redis_url: str, service: str, id_file: Path, max_age_s: float) -> int:
+def check(redis_url: RedisTarget | str, service: str, id_file: Path, max_age_s: float) -> int:
     """Exit code for `--check`: 0 when this container's worker beat within `max_age_s`, else 1."""
     try:
         instance_id = id_file.read_text(encoding="utf-8").strip()

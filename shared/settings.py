@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import PierConfig, build_config, read_config_file
 from shared.durations import Seconds
 from shared.endpoints import SECRETS_DIR
 from shared.profiles import load_profiles
+from shared.redisconn import RedisTarget, build_target
 
 DEFAULT_DMR_URL = "http://model-runner.docker.internal"
 
@@ -29,6 +30,17 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PIER_", extra="ignore", frozen=True)
 
     redis_url: str = "redis://localhost:6379/0"
+    # Logging in and TLS (docs/security.md#redis). Secrets are SecretStr: never printed, logged or exported.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None  # e.g. a Compose secret in /run/secrets
+    redis_ca_file: Path | None = None
+    redis_cert_file: Path | None = None  # with redis_key_file: mutual TLS
+    redis_key_file: Path | None = None
+    # High availability: Sentinels (host:port, comma-separated) and the master's name replace PIER_REDIS_URL.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
     config_file: Path | None = None
     host: str = "0.0.0.0"
     # The single endpoint used when the config file lists none. Unset: the health worker probes the
@@ -59,6 +71,15 @@ class CommonSettings(BaseSettings):
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _redis_combination(self) -> Self:
+        build_target(self)  # a ConfigError naming the setting when the Redis settings do not fit together
+        return self
+
+    def redis_target(self) -> RedisTarget:
+        """Where Redis is and how to log in (`shared.redisconn.connect` takes it)."""
+        return build_target(self)
 
     @field_validator("dmr_url")
     @classmethod

@@ -15,22 +15,17 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared import keys
+from shared import keys, redisconn
+from shared.redisconn import RedisTarget
 from shared.state import EndpointState, Event, WarmState
 
 RedisClient: TypeAlias = "Redis"
 
 
-def connect(url: str, *, timeout_s: float = 5.0) -> RedisClient:
-    """A client with explicit timeouts; no I/O happens until first use."""
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=None,  # blocking XREAD needs no socket timeout; commands set their own via block
-        health_check_interval=15,
-        retry_on_timeout=False,
-    )
+def connect(target: RedisTarget | str, *, timeout_s: float = 5.0) -> RedisClient:
+    """A client with explicit timeouts (`shared.redisconn`: URL or Sentinel, login, TLS); no I/O until first use."""
+    # Blocking XREAD needs no socket timeout; commands set their own via block.
+    return redisconn.connect(target, timeout_s=timeout_s, socket_timeout_s=None)
 
 
 async def write_endpoint_state(redis: RedisClient, state: EndpointState) -> None:

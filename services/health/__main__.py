@@ -11,6 +11,7 @@ from shared.config import PierConfig
 from shared.lifecycle import install_uvloop, run_worker
 from shared.liveness import check
 from shared.logs import setup_logging
+from shared.redisconn import check_at_start
 from shared.startup import load_or_exit, report_ignored
 from shared.telemetry import setup
 
@@ -30,10 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_or_exit(HealthSettings.load)
     if args.check:
-        return check(settings.redis_url, SERVICE, settings.health_id_file, settings.heartbeat_ttl_s)
+        return check(settings.redis_target(), SERVICE, settings.health_id_file, settings.heartbeat_ttl_s)
     setup_logging(SERVICE, settings.log_level, settings.log_format)
     config = load_or_exit(settings.pier_config)
     report_ignored(config)
+    check_at_start(settings.redis_target())  # a wrong password or CA file is exit 2, not a retry loop
     install_uvloop()
     telemetry = setup("pier-health")
     try:

@@ -56,7 +56,7 @@ class HealthWorker:
         self.settings = settings
         self.config = config if config is not None else settings.pier_config()
         self.instance_id = settings.instance_id
-        self._redis = redis if redis is not None else statestore.connect(settings.redis_url)
+        self._redis = redis if redis is not None else statestore.connect(settings.redis_target())
         self._owns_redis = redis is None
         self._publisher = Publisher(self._redis, writer=self.instance_id)
         self._lease = Lease(self._redis, keys.HEALTH_LEASE, self.instance_id, ttl_s=settings.lease_ttl_s)

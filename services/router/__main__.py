@@ -7,6 +7,7 @@ import argparse
 from services.router.server import check, run
 from services.router.settings import RouterSettings
 from shared.logs import setup_logging
+from shared.redisconn import check_at_start
 from shared.startup import load_or_exit, report_ignored
 
 
@@ -22,6 +23,7 @@ def main() -> int:
     config = load_or_exit(settings.pier_config)
     setup_logging("router", settings.log_level, settings.log_format)
     report_ignored(config)
+    check_at_start(settings.redis_target())  # a wrong password or CA file is exit 2, not a retry loop
     return run(settings, config)
 
 

@@ -208,7 +208,7 @@ def build_app(settings: RouterSettings, config: PierConfig, telemetry: Telemetry
     async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         cache = StateCache(
             config,
-            settings.redis_url,
+            settings.redis_target(),
             resync_interval_s=settings.resync_interval_s,
             instance_id=settings.instance_id,
             warm_across_tiers_s=settings.warm_across_tiers_s,
@@ -236,11 +236,11 @@ def build_app(settings: RouterSettings, config: PierConfig, telemetry: Telemetry
 
     gate = build_gate(settings)
     if gate is not None:  # access control or limits on; off, the request path has no middleware at all
-        shared_url = settings.redis_url if settings.rate_limit_shared else None
+        shared_url = settings.redis_target() if settings.rate_limit_shared else None
         gate.install(app, shared_redis_url=shared_url, timeout_s=settings.rate_limit_redis_timeout_s)
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(state_ctx)
-    events = EventLog(settings.redis_url)
+    events = EventLog(settings.redis_target())
     app.cleanup_ctx.append(events.lifecycle)
     page = (StatusPage(status.root), LiveRates(observed), events)
     add_routes(app, proxy, status, settings.max_header_bytes, observed, prometheus_handler(telemetry), page)

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from services.router.errors import InvalidRequest, RouterError
 from shared import keys, statestore
+from shared.redisconn import RedisTarget
 from shared.state import Event, EventKind
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def _decode(entries: list[Any]) -> tuple[list[dict[str, Any]], int]:
 class EventLog:
     """The route and its own Redis client (made on first use, closed with the app)."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: RedisTarget | str) -> None:
         self._redis_url = redis_url
         self._redis: Redis | None = None
 

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from services.router.access import (
     ClientKey,
@@ -39,6 +38,8 @@ from services.router.ratelimit import KEY_PREFIX, Limit, Limiter, Taken
 from services.router.settings import RouterSettings
 from services.router.sharedlimit import SharedLimiter
 from services.router.visibility import HIDDEN, visible
+from shared import redisconn
+from shared.redisconn import RedisTarget
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +158,18 @@ class Gate:
         self.clock = clock
         self.remote: SharedLimiter | None = None  # bound by `shared_ctx` when buckets live in Redis
 
-    def install(self, app: web.Application, *, shared_redis_url: str | None = None, timeout_s: float = 0.25) -> None:
+    def install(
+        self, app: web.Application, *, shared_redis_url: RedisTarget | str | None = None, timeout_s: float = 0.25
+    ) -> None:
         app.middlewares.append(self.middleware)
         if self.limiter is not None:
             app.on_response_prepare.append(self._add_rate_headers)
             if shared_redis_url is not None:
                 app.cleanup_ctx.append(functools.partial(self._shared_ctx, shared_redis_url, timeout_s))
 
-    async def _shared_ctx(self, url: str, timeout_s: float, app: web.Application) -> AsyncIterator[None]:
+    async def _shared_ctx(self, url: RedisTarget | str, timeout_s: float, app: web.Application) -> AsyncIterator[None]:
         assert self.limiter is not None
-        redis = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        redis = redisconn.connect(url, timeout_s=timeout_s, socket_timeout_s=timeout_s, decode_responses=False)
         self.remote = SharedLimiter(redis, self.limiter, timeout_s=timeout_s)
         try:
             yield

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from services.router.table import RoutingTable, build_table
 from shared import keys, statestore
 from shared.config import PierConfig
+from shared.redisconn import RedisTarget
 from shared.state import EndpointState, Event, EventKind, WarmState
 from shared.tracecontext import current_traceparent
 
@@ -60,7 +61,7 @@ class StateCache:
     def __init__(
         self,
         config: PierConfig,
-        redis_url: str,
+        redis_url: RedisTarget | str,
         *,
         redis: Redis | None = None,
         resync_interval_s: float = 5.0,

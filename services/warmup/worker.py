@@ -93,7 +93,7 @@ class WarmupWorker:
     @property
     def redis(self) -> RedisClient:
         if self._redis is None:
-            self._redis = statestore.connect(self.settings.redis_url)
+            self._redis = statestore.connect(self.settings.redis_target())
         return self._redis
 
     @property

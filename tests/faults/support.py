@@ -36,8 +36,9 @@ def fault_stack(
     *,
     router_extra: dict[str, str] | None = None,
     emu_args: tuple[str, ...] = STREAM_ARGS,
+    entry: dict[str, Any] | None = None,
 ) -> Stack:
-    entry = {"response_header_timeout": HEADER_TIMEOUT}
+    entry = {"response_header_timeout": HEADER_TIMEOUT, **(entry or {})}
     specs = [EmuSpec(name, args=emu_args, entry=entry) for name in ("e1", "e2")]
     return build_stack(procs, workdir, redis_url, specs, router_extra=router_extra)
 
@@ -58,10 +59,13 @@ async def measure(
     clients: int = 8,
     after: int = SETTLE_OKS,
     recover_s: float = 45.0,
+    on_start: Callable[[Load], None] | None = None,
 ) -> tuple[Figures, Load]:
     """Run the mixed load; `inject` the fault (returns once it has visibly taken effect); `heal` it (returns once
     the fault is over); wait for `after` good answers begun after the heal; stop the load; the figures."""
     load = Load(url, clients=clients).start()
+    if on_start is not None:
+        on_start(load)  # a fault that watches the load while it is on
     try:
         begun = time.monotonic()
         await wait_for(lambda: load.oks_since(begun) >= WARM_OKS, timeout_s=30, what="the load to run")

@@ -89,7 +89,7 @@ def describe(router: web.UrlDispatcher, version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for resource in router.resources():
         canonical = resource.canonical
-        if canonical.startswith("/{tail"):
+        if canonical.startswith("/{tail"):  # the catch-all
             continue
         path = _PARAM.sub(r"{\1}", canonical)
         family = family_of(canonical)

@@ -37,7 +37,8 @@ from tests.router.support import (
 
 # The bounds (stated here, checked by soak_report.evaluate on what the run recorded).
 BOUNDS = Bounds(
-    warmup_s=60.0,  # baselines are taken a minute into the load (or into a restarted process's life)
+    warmup_s=60.0,  # baselines are taken a minute into the load
+    restart_settle_s=15.0,  # or, for a process a fault restarted, 15 s into its new life
     rss_growth_mib={"router": 20.0, "health": 15.0, "warmup": 15.0},
     fd_growth=5,  # open fds at the end at most this many above the baseline
     redis_used_mib=64.0,
@@ -47,7 +48,6 @@ BOUNDS = Bounds(
     min_requests_per_s=2.0,
 )
 FAULT_HOLD_S = 5.0  # how long a killed process stays down
-TAIL_S = 5.0  # no fault starts unless the load goes on at least this long after it is undone
 CLIENTS = 6
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -178,11 +178,12 @@ async def _sampler(soak: Soak, every_s: float, until_s: float) -> None:
     soak.samples.append(await asyncio.to_thread(sample, soak))
 
 
-async def _injector(soak: Soak, first_s: float, every_s: float, until_s: float) -> None:
+async def _injector(soak: Soak, plan: Plan, until_s: float) -> None:
     index = 0
-    at = time.monotonic() + first_s
-    # The load must go on a while after the last fault, to show the recovery.
-    while at + FAULT_HOLD_S + TAIL_S < until_s:
+    at = time.monotonic() + plan.fault_first_s
+    every_s = plan.fault_interval_s
+    # The load must go on a while after the last fault: to show the recovery, and a restarted process settled.
+    while at + FAULT_HOLD_S + plan.tail_s < until_s:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         name, fault = FAULTS[index % len(FAULTS)]
         began = time.monotonic()
@@ -198,15 +199,16 @@ class Plan:
     sample_s: float
     fault_first_s: float
     fault_interval_s: float
+    tail_s: float  # no fault starts unless the load goes on at least this long after it is undone
     clients: int = CLIENTS
 
 
 def plan_for(minutes: float) -> Plan:
     seconds = minutes * 60
     if seconds >= 300:
-        return Plan(seconds, sample_s=5.0, fault_first_s=BOUNDS.warmup_s, fault_interval_s=45.0)
+        return Plan(seconds, sample_s=5.0, fault_first_s=BOUNDS.warmup_s, fault_interval_s=45.0, tail_s=40.0)
     # A short run (the test): faults and samples packed in.
-    return Plan(seconds, sample_s=1.0, fault_first_s=seconds * 0.2, fault_interval_s=seconds * 0.25)
+    return Plan(seconds, sample_s=1.0, fault_first_s=seconds * 0.2, fault_interval_s=seconds * 0.25, tail_s=5.0)
 
 
 async def soak_run(soak: Soak, plan: Plan) -> Run:
@@ -216,7 +218,7 @@ async def soak_run(soak: Soak, plan: Plan) -> Run:
     await asyncio.gather(
         run_load(soak.router.url, plan.clients, until, calls),
         _sampler(soak, plan.sample_s, until),
-        _injector(soak, plan.fault_first_s, plan.fault_interval_s, until),
+        _injector(soak, plan, until),
     )
     procs: dict[str, Proc] = {"router": soak.router, "health": soak.health, "warmup": soak.warmup}
     return Run(
@@ -238,7 +240,7 @@ def run(minutes: float, out: Path, bounds: Bounds = BOUNDS) -> tuple[Run, list[V
         wait_routable_sync(soak.router.url, ["e1", "e2"])
         plan = plan_for(minutes)
         if plan.seconds < 300:
-            bounds = dataclasses.replace(bounds, warmup_s=plan.seconds * 0.2)
+            bounds = dataclasses.replace(bounds, warmup_s=plan.seconds * 0.2, restart_settle_s=plan.seconds * 0.2)
         result = asyncio.run(soak_run(soak, plan))
     finally:
         soak.procs.close()

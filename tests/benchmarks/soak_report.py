@@ -14,7 +14,8 @@ SERVICES = ("router", "health", "warmup")
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    warmup_s: float  # samples before this (from the start of the load, or a process's restart) are not baselines
+    warmup_s: float  # samples before this (from the start of the load) are not baselines
+    restart_settle_s: float  # nor those of a process restarted by a fault before it has run this long
     rss_growth_mib: dict[str, float]  # per service: last sample - baseline of the same process
     fd_growth: int  # open fds at the end - baseline, per service
     redis_used_mib: float  # Redis used_memory, at every sample
@@ -63,18 +64,23 @@ def _in_fault(call: Call, faults: Sequence[FaultWindow], grace_s: float) -> bool
     return any(call.end_s >= f.start_s and call.start_s <= f.end_s + grace_s for f in faults)
 
 
-def _baseline(samples: Sequence[Sample], role: str, warmup_s: float, load_start_s: float) -> tuple[Sample, Sample]:
-    """The first and last samples of the process `role` had at the end, the first taken after its warm-up."""
+def _baseline(samples: Sequence[Sample], role: str, bounds: Bounds, load_start_s: float) -> tuple[Sample, Sample]:
+    """The first and last samples of the process `role` had at the end, the first taken once it had settled.
+
+    A process there from the start settles after the load's warm-up; one a fault restarted, once it has run
+    `restart_settle_s` (its imports and first connections done: before that, its RSS and fds still climb).
+    """
     final_pid = samples[-1].pids[role]
     own = [s for s in samples if s.pids.get(role) == final_pid]
-    born = own[0].t_s if own[0].t_s > samples[0].t_s else load_start_s
-    settled = [s for s in own if s.t_s >= born + warmup_s]
+    restarted = own[0].t_s > samples[0].t_s
+    settled_at = own[0].t_s + bounds.restart_settle_s if restarted else load_start_s + bounds.warmup_s
+    settled = [s for s in own if s.t_s >= settled_at]
     return (settled or own)[0], own[-1]
 
 
 def growth(run: Run, bounds: Bounds, role: str) -> tuple[float, int]:
     """RSS growth (MiB) and fd growth of the last process of `role` since its baseline."""
-    first, last = _baseline(run.samples, role, bounds.warmup_s, run.load_start_s)
+    first, last = _baseline(run.samples, role, bounds, run.load_start_s)
     return last.rss_mib[role] - first.rss_mib[role], last.fds[role] - first.fds[role]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -100,3 +101,21 @@ def test_a_path_with_a_newline_gets_pier_json_404(stack: Stack, path: str, famil
     assert status == 404
     assert content_type.startswith("application/json")
     assert schemafuzz.family_shape_problem(family, body) is None, body
+
+
+def test_the_description_says_what_routes_answer(stack: Stack) -> None:
+    # Mismatches Schemathesis found: management routes documented a 200 they never answer; the Anthropic
+    # routes documented only `model` though Pier checks max_tokens and messages; an empty model or path
+    # parameter was "valid".
+    with urllib.request.urlopen(f"{stack.url}/openapi.json", timeout=10) as resp:
+        doc = json.loads(resp.read())
+    paths = doc["paths"]
+    assert set(paths["/models/create"]["post"]["responses"]) == {"405", "4XX"}
+    assert set(paths["/v1/chat/completions"]["post"]["responses"]) == {"200", "4XX", "5XX"}
+    messages = paths["/v1/messages"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert messages["$ref"].endswith("/AnthropicMessages")
+    schemas = doc["components"]["schemas"]
+    assert schemas["AnthropicMessages"]["required"] == ["model", "max_tokens", "messages"]
+    assert schemas["AnthropicCountTokens"]["required"] == ["model", "messages"]
+    assert schemas["InferenceBody"]["properties"]["model"]["minLength"] == 1
+    assert paths["/models/{name}"]["get"]["parameters"][0]["schema"]["minLength"] == 1

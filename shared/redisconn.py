@@ -276,7 +276,9 @@ async def _verify_once(target: RedisTarget, timeout_s: float) -> bool:
     except ResponseError as exc:
         if "NOAUTH" in str(exc):
             raise RedisRefused("PIER_REDIS_PASSWORD", f"Redis wants a password ({_first_line(exc)})") from None
-        raise
+        # e.g. LOADING or MASTERDOWN: Redis is there but not ready; the services wait for it as always.
+        log.warning("Redis at %s is not ready yet (%s); carrying on", target.describe(), _first_line(exc))
+        return False
     except (RedisError, OSError, TimeoutError) as exc:
         tls_failure = _tls_failure(exc)
         if tls_failure is not None:
@@ -305,7 +307,7 @@ async def _verify_master_known(target: RedisTarget, timeout_s: float) -> None:
         except ResponseError as exc:
             if "NOAUTH" in str(exc):
                 raise RedisRefused("PIER_REDIS_SENTINEL_PASSWORD", "the Sentinels want a password") from None
-            raise
+            continue  # not a Sentinel's answer we can judge the name by
         except (RedisError, OSError, TimeoutError) as exc:
             tls_failure = _tls_failure(exc)
             if tls_failure is not None:

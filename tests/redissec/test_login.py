@@ -57,9 +57,14 @@ def admin(server: Server, certs: Certs | None = None) -> sync_redis.Redis:
     return sync_redis.Redis.from_url(server.url(password=PASSWORD), decode_responses=True, **extra)
 
 
-def run_service(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_service(module: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", module], cwd=ROOT, env={**base_env(), **env}, capture_output=True, text=True, timeout=20
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**base_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
 
 
@@ -113,6 +118,10 @@ async def test_services_run_fully_under_the_minimal_acl(
     assert any(k.startswith("pier:heartbeat:warmup:") for k in keys), keys
     status = get_json(f"{router_url}/internal/status")
     assert status["redis"]["connected"] is True, status
+    # The container healthchecks log in the same way.
+    check_env = {**redis_env, "PIER_HEALTH_ID_FILE": str(tmp_path / "health.id")}
+    health_check = run_service("services.health", check_env, "--check")
+    assert health_check.returncode == 0, health_check.stdout + health_check.stderr
     # Not one command or key the ACL refused, in any service (ACL LOG records every denial).
     assert client.acl_log() == [], client.acl_log()
 
@@ -125,6 +134,10 @@ async def test_services_run_over_tls(procs: ProcessFactory, tmp_path: Path, cert
         redis_env["PIER_REDIS_CA_FILE"] = str(certs.ca)
         if mutual:
             redis_env |= {"PIER_REDIS_CERT_FILE": str(certs.client_cert), "PIER_REDIS_KEY_FILE": str(certs.client_key)}
+            # And the password from a file, as a Compose secret gives it.
+            (tmp_path / "redis_password").write_text(PASSWORD + "\n", encoding="utf-8")
+            del redis_env["PIER_REDIS_PASSWORD"]
+            redis_env["PIER_REDIS_PASSWORD_FILE"] = str(tmp_path / "redis_password")
         router_url = await start_stack(procs, tmp_path, redis_env)
         await chat_ok(router_url)
         assert admin(server, certs).exists("pier:endpoint:e1") == 1

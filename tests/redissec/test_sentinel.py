@@ -21,6 +21,9 @@ from tests.harness import ROOT, ProcessFactory, free_port, http_ok, wait_for
 from tests.redissec.servers import (
     MASTER,
     PASSWORD,
+    PIER_ACL,
+    PIER_PASSWORD,
+    PIER_USER,
     SENTINEL_PASSWORD,
     Certs,
     Server,
@@ -100,7 +103,8 @@ class Group:
             "PIER_REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels),
             "PIER_REDIS_SENTINEL_MASTER": MASTER,
             "PIER_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
-            "PIER_REDIS_PASSWORD": PASSWORD,
+            "PIER_REDIS_USERNAME": PIER_USER,
+            "PIER_REDIS_PASSWORD": PIER_PASSWORD,
         }
         if self.certs is not None:
             env["PIER_REDIS_CA_FILE"] = str(self.certs.ca)
@@ -108,8 +112,10 @@ class Group:
 
 
 def start_group(workdir: Path, certs: Certs | None) -> Group:
-    master = start_redis(workdir / "master", certs=certs)
-    replica = start_redis(workdir / "replica", certs=certs, replica_of=master.port)
+    # Pier logs in as its minimal ACL user on both data nodes (ACL users are per node: each gets the line).
+    users = [f"{PIER_USER} {PIER_ACL}"]
+    master = start_redis(workdir / "master", certs=certs, acl_users=users)
+    replica = start_redis(workdir / "replica", certs=certs, replica_of=master.port, acl_users=users)
     sentinels = [start_sentinel(workdir / f"sentinel{i}", master.port, certs=certs) for i in range(3)]
     group = Group(master, replica, sentinels, certs)
     group.all = [master, replica, *sentinels]
@@ -225,6 +231,7 @@ async def test_failover_under_load(procs: ProcessFactory, tmp_path: Path, group:
     )
     print(f"\nsentinel fail-over: {figures}")
     assert status["redis"]["connected"] is True, status
+    assert new_master.acl_log() == [], new_master.acl_log()  # the minimal ACL held through the fail-over
     # Routing never waits on Redis (the table is in memory; shared rate limits fall back to local ones), and e2
     # was killed only after the fail-over: so no request may fail, even the ones sent to e2 (the router retries
     # another endpoint on a refused connection).
@@ -244,6 +251,7 @@ def run_health(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"PIER_REDIS_SENTINEL_MASTER": "not-the-master"}, "PIER_REDIS_SENTINEL_MASTER"),
         ({"PIER_REDIS_SENTINEL_PASSWORD": "wrong-sentinel-pw"}, "PIER_REDIS_SENTINEL_PASSWORD"),
         ({"PIER_REDIS_PASSWORD": "wrong-data-pw"}, "PIER_REDIS_PASSWORD"),
+        ({"PIER_REDIS_USERNAME": "nobody"}, "PIER_REDIS_PASSWORD"),
         ({"PIER_REDIS_URL": "redis://127.0.0.1:6379/0"}, "PIER_REDIS_URL"),
         ({"PIER_REDIS_SENTINELS": "127.0.0.1:notaport"}, "PIER_REDIS_SENTINELS"),
     ],
@@ -259,5 +267,5 @@ def test_sentinel_refusals_exit_2(tmp_path: Path, change: dict[str, str], key: s
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr
     assert key in lines[0], lines[0]
-    for secret in (PASSWORD, SENTINEL_PASSWORD, "wrong-sentinel-pw", "wrong-data-pw"):
+    for secret in (PASSWORD, PIER_PASSWORD, SENTINEL_PASSWORD, "wrong-sentinel-pw", "wrong-data-pw"):
         assert secret not in result.stderr + result.stdout

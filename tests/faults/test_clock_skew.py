@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from shared import keys
@@ -19,6 +20,8 @@ from shared.state import EndpointState
 from tests.faults.support import fault_stack, measure, record
 from tests.harness import ProcessFactory, require_binary, wait_for
 from tests.router.support import endpoints_status, health_env
+
+pytestmark = pytest.mark.faults
 
 SKEW = "-30s"
 

@@ -8,10 +8,10 @@ look expired on arrival, and the router would be left guessing on unknown endpoi
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from shared import keys
@@ -20,19 +20,24 @@ from tests.faults.support import fault_stack, measure, record
 from tests.harness import ProcessFactory, require_binary, wait_for
 from tests.router.support import endpoints_status, health_env
 
+pytestmark = pytest.mark.faults
+
 SKEW = "-30s"
 
 
 async def test_health_writers_with_skewed_clocks(
     procs: ProcessFactory, tmp_path: Path, redis_url: str, redis: Redis
 ) -> None:
-    faketime = require_binary("faketime", "faketime")
+    preload = libfaketime()
     stack = fault_stack(procs, tmp_path, redis_url)
     assert stack.health is not None
     writer_a = stack.health
     env = {**health_env(redis_url, tmp_path, stack.config), "PIER_INSTANCE_ID": "health-skewed"}
     env["PIER_HEALTH_ID_FILE"] = str(tmp_path / "health-skewed.id")
-    writer_b = procs.start("health-skewed", [faketime, "-f", SKEW, sys.executable, "-m", "services.health"], env=env)
+    # The library itself, not the `faketime` command: that one forks and does not pass SIGTERM on, so the
+    # worker would outlive the test.
+    env.update({"LD_PRELOAD": preload, "FAKETIME": SKEW})
+    writer_b = procs.python("health-skewed", "services.health", env=env)
     e1 = stack.emu("e1")
     took_over: list[float] = []
 
@@ -67,6 +72,14 @@ async def test_health_writers_with_skewed_clocks(
     assert writer_b.alive()
     record("two health writers 30 s apart (libfaketime): the skewed one takes over, then an endpoint fails", figures)
     assert figures.lost_before_streaming == 0
+
+
+def libfaketime() -> str:
+    """The multi-threaded libfaketime (Debian's `faketime` package), installed when missing (root with apt)."""
+    require_binary("faketime", "faketime")
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    assert found, "libfaketimeMT.so.1 not found under /usr/lib/*/faketime/ (Debian package faketime)"
+    return str(found[0])
 
 
 async def _written_by(redis: Redis, writer: str) -> bool:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.faults.support import CHAT_PATHS, fault_stack, measure, record
 from tests.harness import ProcessFactory, wait_for
 from tests.router.support import endpoints_status, get_json
+
+pytestmark = pytest.mark.faults
 
 
 async def test_endpoint_killed_mid_stream(procs: ProcessFactory, tmp_path: Path, redis_url: str) -> None:

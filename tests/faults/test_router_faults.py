@@ -18,11 +18,14 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.faults.load import CHAT, Figures, Load, Result, body
 from tests.faults.support import circuits_closed_and_nothing_marked_down, fault_stack, record
 from tests.harness import ProcessFactory, wait_for
 from tests.router.support import start_router, wait_routable
+
+pytestmark = pytest.mark.faults
 
 OPEN_STREAMS = 100
 LONG_STREAM_ARGS = ("--chunks", "40", "--chunk-interval-ms", "100", "--load-time-ms", "0", "--parallel", "128")

@@ -11,10 +11,14 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.faults.load import Load
 from tests.faults.support import fault_stack, measure, record
 from tests.harness import ProcessFactory, RedisServer, wait_for
 from tests.router.support import endpoints_status, get_json, start_health, wait_routable
+
+pytestmark = pytest.mark.faults
 
 OUTAGE_OKS = 16  # good answers served while the fault is on: the router kept working, not merely survived
 

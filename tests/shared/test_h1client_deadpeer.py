@@ -24,12 +24,16 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 async def test_upstream_sockets_watch_for_a_dead_peer() -> None:
+    served = asyncio.Event()
+
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(OK)
         await writer.drain()
         await reader.read()  # keep the connection until the client closes it
         writer.close()
+        await writer.wait_closed()  # closed before the test's loop ends (else its __del__ warns)
+        served.set()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -59,5 +63,6 @@ async def test_upstream_sockets_watch_for_a_dead_peer() -> None:
             sock.detach()  # the fd stays the pool's
     finally:
         await pool.close()
+        await asyncio.wait_for(served.wait(), 10)
         server.close()
         await server.wait_closed()

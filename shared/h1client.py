@@ -3,7 +3,9 @@ connections pooled per origin, one request at a time on each, the response relay
 arrive, with bounded buffering (backpressure).
 
 Timeouts are single timer handles on the loop, not `asyncio.timeout` scopes: connect (per new connection),
-response head (per request), and read (between two reads of the body).
+response head (per request), and read (between two reads of the body). Beneath them the kernel watches for a
+dead peer (TCP keep-alive and TCP_USER_TIMEOUT): a partitioned endpoint sends no FIN and no RST, and a stream
+or a long prefill may rightly be silent for minutes, so only the peer's kernel not answering tells them apart.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ log = logging.getLogger(__name__)
 # the endpoint); reading resumes once the client has taken them.
 HIGH_WATER_BYTES = 256 * 1024
 _SPLIT_WRITE_BYTES = 64 * 1024  # bigger request bodies are written after the head, not copied onto it
+# A peer whose kernel answers nothing for this long is gone (a partition, a host that lost power): keep-alive
+# probes start after 2 s of silence, one a second, and the connection fails with ETIMEDOUT once 5 s pass with
+# nothing acknowledged. A live endpoint's kernel answers probes even while the model thinks.
+DEAD_PEER_IDLE_S = 2
+DEAD_PEER_INTERVAL_S = 1
+DEAD_PEER_PROBES = 3
+DEAD_PEER_TIMEOUT_MS = 5000
 
 __all__ = ["BadResponse", "Origin", "UpstreamDisconnected", "UpstreamPool", "UpstreamResponse", "origin_of"]
 
@@ -103,6 +112,8 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
+        if sock is not None:
+            watch_for_dead_peer(sock)
         self._pool._made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -256,6 +267,24 @@ class _Connection(asyncio.Protocol):
 
     def error(self) -> BaseException | None:
         return self._error
+
+
+def watch_for_dead_peer(sock: Any) -> None:
+    """Let the kernel notice a peer that vanished without closing (Linux options; elsewhere, what exists)."""
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), DEAD_PEER_IDLE_S),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), DEAD_PEER_INTERVAL_S),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), DEAD_PEER_PROBES),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), DEAD_PEER_TIMEOUT_MS),
+    ]
+    for level, option, value in options:
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:  # a Unix socket (no TCP options), or a platform without one of them
+            return
 
 
 def _closing(conn: _Connection) -> bool:

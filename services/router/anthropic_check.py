@@ -35,7 +35,8 @@ def _integer(data: dict[str, Any], key: str, *, minimum: int) -> None:
     value = data.get(key)
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int):
+    # A float with no fractional part (`1.0`) is an integer, as in JSON Schema and Anthropic's own validation.
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
         raise _fail(key, "Input should be a valid integer")
     if value < minimum:
         raise _fail(key, f"Input should be greater than or equal to {minimum}")

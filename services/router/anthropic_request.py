@@ -152,10 +152,13 @@ def _tool_choice(choice: dict[str, Any]) -> Any:
 
 def to_chat(data: dict[str, Any], model: str) -> dict[str, Any]:
     """The OpenAI chat completion body for a validated Messages body; `model` is the name the endpoint is sent."""
-    out: dict[str, Any] = {"model": model, "messages": _messages(data), "max_tokens": data["max_tokens"]}
-    for key in ("temperature", "top_p", "top_k"):
+    # Integers may arrive as `8.0` (the check allows it); the endpoint gets them as integers.
+    out: dict[str, Any] = {"model": model, "messages": _messages(data), "max_tokens": int(data["max_tokens"])}
+    for key in ("temperature", "top_p"):
         if data.get(key) is not None:
             out[key] = data[key]
+    if data.get("top_k") is not None:
+        out["top_k"] = int(data["top_k"])
     stops = data.get("stop_sequences")
     if stops:
         out["stop"] = list(stops)

@@ -91,7 +91,9 @@ def _inference(proxy: Proxy, api: Api, op: str, *, engine_in_path: bool) -> Hand
 
 def add_fallback(router: web.UrlDispatcher, max_header_bytes: int) -> None:
     """Every request no route takes: 405 (with Allow) when the path exists for other methods, else 404."""
-    catch_all = router.add_resource("/{tail:.*}")
+    # `[\s\S]*`, not `.*`: a path holding a newline (`%0A`) must land here too, or aiohttp answers it with
+    # its own text 404.
+    catch_all = router.add_resource("/{tail:[\\s\\S]*}")
 
     async def nowhere(request: web.Request) -> web.StreamResponse:
         allowed: set[str] = set()

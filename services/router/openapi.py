@@ -48,10 +48,76 @@ _ANTHROPIC_ERROR = {
         },
     },
 }
+# A model name: at least one character that is not white space (the router strips it, and an empty name is a 400).
+_MODEL = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": "\\S",
+    "description": "a model name; `smollm2` means `ai/smollm2:latest`",
+}
 _INFERENCE_BODY = {
     "type": "object",
     "required": ["model"],
-    "properties": {"model": {"type": "string", "description": "a model name; `smollm2` means `ai/smollm2:latest`"}},
+    "properties": {"model": _MODEL},
+    "additionalProperties": True,
+}
+# What the router itself checks of an Anthropic Messages body (anthropic_check.py) in both modes; the endpoint
+# checks the rest. A body this schema allows is never refused by Pier's own check.
+_TEXT_BLOCK = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+}
+_TEXT = {"oneOf": [{"type": "string"}, {"type": "array", "items": _TEXT_BLOCK}]}
+_ANTHROPIC_PROPERTIES: dict[str, Any] = {
+    "model": _MODEL,
+    "messages": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["role", "content"],
+            "properties": {"role": {"enum": ["user", "assistant"]}, "content": _TEXT},
+        },
+    },
+    "system": _TEXT,
+    "stop_sequences": {"type": "array", "items": {"type": "string"}},
+    "temperature": {"type": "number"},
+    "top_p": {"type": "number"},
+    "top_k": {"type": "integer", "minimum": 0},
+    "metadata": {"type": "object"},
+    "tools": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "input_schema"],
+            "properties": {"name": {"type": "string"}, "type": {"const": "custom"}, "input_schema": {"type": "object"}},
+        },
+    },
+    "tool_choice": {
+        "oneOf": [
+            {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "none"]}}},
+            {
+                "type": "object",
+                "required": ["type", "name"],
+                "properties": {"type": {"const": "tool"}, "name": {"type": "string"}},
+            },
+        ]
+    },
+}
+_ANTHROPIC_MESSAGES = {
+    "type": "object",
+    "required": ["model", "max_tokens", "messages"],
+    "properties": {
+        **_ANTHROPIC_PROPERTIES,
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "stream": {"type": "boolean"},
+    },
+    "additionalProperties": True,
+}
+_ANTHROPIC_COUNT_TOKENS = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": _ANTHROPIC_PROPERTIES,
     "additionalProperties": True,
 }
 
@@ -61,26 +127,39 @@ def _error_ref(family: Family) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
 
 
+def _body_schema(path: str, family: Family) -> str:
+    if family is not Family.ANTHROPIC:
+        return "InferenceBody"
+    return "AnthropicCountTokens" if path.endswith("/count_tokens") else "AnthropicMessages"
+
+
 def _operation(method: str, path: str, family: Family) -> dict[str, Any]:
     error = _error_ref(family)
-    responses: dict[str, Any] = {
-        "200": {"description": "the endpoint's answer (JSON, or an SSE stream when the body asks for one)"},
-        "4XX": {"description": "the router's or the endpoint's error, in the route's API shape", **error},
-        "5XX": {"description": "no endpoint could answer (502, 503 with Retry-After, 504)", **error},
-    }
+    client_error = {"description": "the router's or the endpoint's error, in the route's API shape", **error}
+    responses: dict[str, Any]
+    if method != "GET" and not (method == "POST" and path.endswith(_INFERENCE_TAILS)):
+        # Model management: always refused (405), or refused earlier by access control (401, 403, 429).
+        responses = {
+            "405": {"description": "model management is not proxied: run `docker model …`", **error},
+            "4XX": client_error,
+        }
+    else:
+        responses = {
+            "200": {"description": "the endpoint's answer (JSON, or an SSE stream when the body asks for one)"},
+            "4XX": client_error,
+            "5XX": {"description": "no endpoint could answer (502, 503 with Retry-After, 504)", **error},
+        }
     op: dict[str, Any] = {"tags": [family.value], "responses": responses}
+    # `{name:.+}`: a path parameter is never empty (an empty one is another path).
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in _PARAM.findall(path)
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        for name in _PARAM.findall(path)
     ]
     if params:
         op["parameters"] = params
     if method == "POST" and path.endswith(_INFERENCE_TAILS):
-        op["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceBody"}}},
-        }
-    elif method != "GET":
-        responses["405"] = {"description": "model management is not proxied: run `docker model …`", **error}
+        ref = f"#/components/schemas/{_body_schema(path, family)}"
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": ref}}}}
     return op
 
 
@@ -89,7 +168,7 @@ def describe(router: web.UrlDispatcher, version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for resource in router.resources():
         canonical = resource.canonical
-        if canonical.startswith("/{tail"):
+        if canonical.startswith("/{tail"):  # the catch-all
             continue
         path = _PARAM.sub(r"{\1}", canonical)
         family = family_of(canonical)
@@ -111,6 +190,8 @@ def describe(router: web.UrlDispatcher, version: str) -> dict[str, Any]:
                 "OpenAIError": _OPENAI_ERROR,
                 "AnthropicError": _ANTHROPIC_ERROR,
                 "InferenceBody": _INFERENCE_BODY,
+                "AnthropicMessages": _ANTHROPIC_MESSAGES,
+                "AnthropicCountTokens": _ANTHROPIC_COUNT_TOKENS,
             },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "when PIER_ACCESS_CONTROL is on"},

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ from services.router.headers import RequestIds, upstream_headers, with_endpoint_
 from services.router.routing import Decision, RouteError
 from services.router.runtime import Runtime
 from services.router.settings import RouterSettings
-from services.router.table import Target
+from services.router.table import Candidate, Target
 from services.router.telemetry import CURRENT, RequestTrace
 from shared import jsontext
 from shared.config import PierConfig
@@ -213,72 +214,83 @@ class Proxy:
             base_headers: CIMultiDict[str] | None = None
             last: RouterError | None = None
             refused: list[str] = []
-            for candidate in candidates:
-                target = candidate.target
-                name = target.name
-                if not runtime.has_room(name, target.max_concurrent):
-                    continue
-                if not circuits.allow(name):
-                    refused.append(name)
-                    continue
-                upstream_model = candidate.upstream_model
-                if upstream_model is not None and upstream_model != call.model:
-                    if data is None:
-                        data = parse_body(body)[0]  # an alias: the one case where the body is rewritten
-                    send = json.dumps({**data, "model": upstream_model}).encode()
-                    sent_model = normalise_model(upstream_model)
-                else:
-                    send = body
-                    sent_model = decision.model or ""
-                if base_headers is None:
-                    base_headers = upstream_headers(request.headers, request_id)
-                headers = with_endpoint_headers(base_headers, target.headers)
-                runtime.acquire(name)
-                attempt = traced.attempt_start(call, target, sent_model, headers) if traced is not None else None
-                try:
-                    if anthropic:
-                        assert data is not None
-                        count = api is Api.ANTHROPIC_COUNT
-                        legs = self._anthropic.legs(target, count, data, send, upstream_model or model or "", query)
-                        response = await self._anthropic.exchange(
-                            exchanger,
-                            call,
-                            target,
-                            headers,
-                            legs,
-                            sent_model,
-                            shield_load=_may_be_loading(target, sent_model),
-                        )
+            # Candidates skipped because they were full are tried again once a slot frees (bounded by the capacity
+            # wait): after a fail-over the request has still not started, and a short wait beats an error.
+            pending: Sequence[Candidate] = candidates
+            wait_until = loop.time() + self._settings.capacity_wait_s
+            while pending:
+                full: list[Candidate] = []
+                for candidate in pending:
+                    target = candidate.target
+                    name = target.name
+                    if not runtime.has_room(name, target.max_concurrent):
+                        full.append(candidate)
+                        continue
+                    if not circuits.allow(name):
+                        refused.append(name)
+                        continue
+                    upstream_model = candidate.upstream_model
+                    if upstream_model is not None and upstream_model != call.model:
+                        if data is None:
+                            data = parse_body(body)[0]  # an alias: the one case where the body is rewritten
+                        send = json.dumps({**data, "model": upstream_model}).encode()
+                        sent_model = normalise_model(upstream_model)
                     else:
-                        path = _path(target, op, engine)
-                        if query:
-                            path = f"{path}?{query}"
-                        response = await exchanger.exchange(
-                            call,
-                            target,
-                            origin_of(target.url),
-                            path,
-                            headers,
-                            send,
-                            sent_model,
-                            shield_load=_may_be_loading(target, sent_model),
-                        )
-                    if attempt is not None:
-                        attempt.answered(response)
-                    return response
-                except Failover as exc:
-                    if attempt is not None:
-                        attempt.failed(exc.error)
-                    last = exc.error
-                    runtime.count("failovers")
-                    log.warning("endpoint %s failed before answering (%s): %s", name, request_id, exc.error.message)
-                    if exc.mark_down:
-                        state.mark_down(name, exc.error.message)
-                finally:
-                    runtime.release(name)
-                    circuits.settle(name)
-                    if attempt is not None:
-                        attempt.end(request)
+                        send = body
+                        sent_model = decision.model or ""
+                    if base_headers is None:
+                        base_headers = upstream_headers(request.headers, request_id)
+                    headers = with_endpoint_headers(base_headers, target.headers)
+                    runtime.acquire(name)
+                    attempt = traced.attempt_start(call, target, sent_model, headers) if traced is not None else None
+                    try:
+                        if anthropic:
+                            assert data is not None
+                            count = api is Api.ANTHROPIC_COUNT
+                            legs = self._anthropic.legs(target, count, data, send, upstream_model or model or "", query)
+                            response = await self._anthropic.exchange(
+                                exchanger,
+                                call,
+                                target,
+                                headers,
+                                legs,
+                                sent_model,
+                                shield_load=_may_be_loading(target, sent_model),
+                            )
+                        else:
+                            path = _path(target, op, engine)
+                            if query:
+                                path = f"{path}?{query}"
+                            response = await exchanger.exchange(
+                                call,
+                                target,
+                                origin_of(target.url),
+                                path,
+                                headers,
+                                send,
+                                sent_model,
+                                shield_load=_may_be_loading(target, sent_model),
+                            )
+                        if attempt is not None:
+                            attempt.answered(response)
+                        return response
+                    except Failover as exc:
+                        if attempt is not None:
+                            attempt.failed(exc.error)
+                        last = exc.error
+                        runtime.count("failovers")
+                        log.warning("endpoint %s failed before answering (%s): %s", name, request_id, exc.error.message)
+                        if exc.mark_down:
+                            state.mark_down(name, exc.error.message)
+                    finally:
+                        runtime.release(name)
+                        circuits.settle(name)
+                        if attempt is not None:
+                            attempt.end(request)
+                remaining = wait_until - loop.time()
+                if not full or remaining <= 0 or not await runtime.wait_for_slot(remaining):
+                    break
+                pending = full
             raise self._exhausted(call, decision, last, refused)
         except Exception as exc:
             return answer_error(request, exc)

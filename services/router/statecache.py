@@ -78,6 +78,11 @@ class StateCache:
         self._block_ms = max(1, block_ms)
         self._instance_id = instance_id
         self._local_down_s = local_down_s
+        # Two views of each state: as its writer wrote it (`_written`, ordered on that writer's own clock), and as
+        # the router judges it (`_states`: its times moved onto the router's clock at arrival). Writers' clocks
+        # may disagree; comparing one writer's time with another's, or with ours, would keep a stale state or
+        # expire a fresh one (docs/state.md, "Clocks").
+        self._written: dict[str, EndpointState] = {}
         self._states: dict[str, EndpointState] = {}
         # The warm-up worker's state per (endpoint, model): status routes, and load times for routing.
         self._warm: dict[tuple[str, str], WarmState] = {}
@@ -292,15 +297,21 @@ class StateCache:
         warm = await asyncio.wait_for(statestore.read_warm_states(redis), timeout=COMMAND_TIMEOUT_S)
         self._warm = {(w.endpoint, w.model): w for w in warm}
         now = time.time()
-        merged: dict[str, EndpointState] = {}
-        for name, fresh in snapshot.endpoints.items():
-            merged[name] = _newer(self._states.get(name), fresh)
-        for name, old in self._states.items():
-            # Indexed but expired: keep the last state (shown as unknown). Not indexed: keep it until its own
-            # TTL ends (a restarted, empty Redis must not blank the table); ENDPOINT_REMOVED drops it at once.
-            if name not in merged and (name in snapshot.expired or not old.expired(now)):
-                merged[name] = old
-        self._states = merged
+        for fresh in snapshot.endpoints.values():
+            self._arrive(fresh, now)
+        for name in list(self._states):
+            old = self._states[name]
+            if name in snapshot.endpoints:
+                continue
+            if name in snapshot.expired:
+                # Indexed but expired: Redis's TTL (one clock, the server's) is the authority. Keep the last
+                # state, shown as unknown.
+                self._states[name] = old.model_copy(update={"checked_at": min(old.checked_at, now - old.ttl_s - 1)})
+            elif old.expired(now):
+                # Not indexed: kept until its own TTL ends (a restarted, empty Redis must not blank the table);
+                # ENDPOINT_REMOVED drops it at once.
+                del self._states[name]
+                self._written.pop(name, None)
         if full:
             self._last_id = snapshot.last_event_id
             self._snapshotted = True
@@ -319,18 +330,24 @@ class StateCache:
             self.stats.events_applied += 1
             if event.kind is EventKind.ENDPOINT_REMOVED:
                 changed |= self._states.pop(event.endpoint, None) is not None
+                self._written.pop(event.endpoint, None)
                 self._local_down.pop(event.endpoint, None)
             elif event.kind is EventKind.WARM_CHANGED and event.warm is not None:
                 self._warm[(event.warm.endpoint, event.warm.model)] = event.warm
                 changed = True
             elif event.state is not None:
-                current = self._states.get(event.state.name)
-                if _newer(current, event.state) is event.state:
-                    self._states[event.state.name] = event.state
-                    changed = True
+                changed |= self._arrive(event.state, time.time())
         if changed:
             self._clear_answered_marks()
             self._rebuild()
+
+    def _arrive(self, fresh: EndpointState, now: float) -> bool:
+        """Take a state read from Redis if it is later than the one held; True when it replaced it."""
+        if not _later(self._written.get(fresh.name), fresh):
+            return False
+        self._written[fresh.name] = fresh
+        self._states[fresh.name] = _on_our_clock(fresh, now)
+        return True
 
     # --- table --------------------------------------------------------------------------------------------------
 
@@ -385,8 +402,29 @@ class StateCache:
                 log.exception("routing table subscriber failed")
 
 
-def _newer(current: EndpointState | None, fresh: EndpointState) -> EndpointState:
-    """The fresher of two states of one endpoint (a replayed event may be older than the snapshot)."""
-    if current is None or fresh.checked_at >= current.checked_at:
-        return fresh
-    return current
+def _later(current: EndpointState | None, fresh: EndpointState) -> bool:
+    """Is `fresh` a later write than `current` (both as their writers wrote them)?
+
+    One writer's times are on one clock: they order its writes (a replayed event may be older than the
+    snapshot). Two writers' times are on two clocks that may be seconds apart: there, arrival decides, the
+    state read last being the one written last. The same write read twice (an event, then a snapshot) is
+    not a later one: it keeps its arrival time.
+    """
+    if current is None:
+        return True
+    if fresh.writer == current.writer:
+        return fresh.checked_at > current.checked_at
+    return True
+
+
+def _on_our_clock(state: EndpointState, now: float) -> EndpointState:
+    """The state with its writer's times moved onto the router's clock: checked when it arrived."""
+    shift = now - state.checked_at
+    if shift == 0:
+        return state
+    moved: dict[str, float] = {"checked_at": now}
+    for name in ("last_success_at", "next_check_at", "retry_after_until"):
+        value = getattr(state, name)
+        if value is not None:
+            moved[name] = value + shift
+    return state.model_copy(update=moved)

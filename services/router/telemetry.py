@@ -96,6 +96,9 @@ class RouterTelemetry:
         provider = telemetry.tracer_provider
         self.lean = LeanTracer(provider, "pier.router") if provider is not None else None
         self.capture_content = telemetry.capture_content
+        # No metric reader (OTEL_METRICS_EXPORTER=none, no Prometheus): an unsampled request needs nothing read
+        # from its answer and no measurement taken, only its trace context sent on.
+        self.metrics_on = bool(telemetry.metric_readers)
         self._runtime = runtime
         self._circuits = circuits
         self._state = state
@@ -149,6 +152,7 @@ class RouterTelemetry:
     def wrap(self, handler: Handler) -> Handler:
         """`handler` inside a SERVER span and the HTTP duration metric."""
         lean, clock, duration, port = self.lean, self._clock, self.http_duration, self.port
+        metrics_on = self.metrics_on
         # Each wrapped handler serves one route: its template is read once, and the duration metric's attribute
         # sets are built once per method and status.
         template: list[str] = []
@@ -213,16 +217,17 @@ class RouterTelemetry:
                     if failed:
                         attributes["error.type"] = str(status)
                     span.end(error=failed)
-                attrs = metric_attrs.get((method, status))
-                if attrs is None:
-                    if len(metric_attrs) >= _ATTRIBUTE_SETS:  # methods are the client's: bounded all the same
-                        metric_attrs.clear()
-                    attrs = metric_attrs[method, status] = (
-                        ("http.request.method", method),
-                        ("http.route", route),
-                        ("http.response.status_code", status),
-                    )
-                duration.record(clock() - started, attrs)
+                if metrics_on:
+                    attrs = metric_attrs.get((method, status))
+                    if attrs is None:
+                        if len(metric_attrs) >= _ATTRIBUTE_SETS:  # methods are the client's: bounded all the same
+                            metric_attrs.clear()
+                        attrs = metric_attrs[method, status] = (
+                            ("http.request.method", method),
+                            ("http.route", route),
+                            ("http.response.status_code", status),
+                        )
+                    duration.record(clock() - started, attrs)
 
         return traced
 
@@ -293,6 +298,8 @@ class RequestTrace:
         self.provider = "anthropic" if anthropic else "openai"
         self.request_model = model or ""
         recording = self.span is not None
+        if not recording and not self._owner.metrics_on:
+            return body, data  # nothing will read the answer's usage: not asked for
         if data is None:
             if not recording and b'"stream"' not in body:
                 return body, data  # not sampled and not a stream: nothing here needs the parsed body
@@ -330,20 +337,20 @@ class RequestTrace:
                     params[f"gen_ai.input.{key}"] = json.dumps(data[key])
         return params
 
-    def attempt_start(self, call: Call, target: Target, model: str, headers: CIMultiDict[str]) -> Attempt:
-        """A CLIENT span for one endpoint, sibling of the other attempts; its context goes to the endpoint."""
+    def attempt_start(self, call: Call, target: Target, model: str, headers: CIMultiDict[str]) -> Attempt | None:
+        """A CLIENT span for one endpoint, sibling of the other attempts; its context goes to the endpoint.
+        None when there is nothing to record (not sampled, no metrics): only the trace context goes on."""
         owner = self._owner
+        if self.span is None and not owner.metrics_on:
+            self._send_unsampled(headers)
+            return None
         # Unsampled: only the token counts are needed (metrics), so a whole JSON answer is not parsed whole.
         watch = ResponseWatch(strip_usage=self.strip_usage, clock=owner._clock, usage_only=self.span is None)
         call.watch = watch
         name = model or self.request_model
         span = self.span
         if span is None:
-            # Not sampled: no CLIENT span; the endpoint still gets the (unsampled) trace context.
-            if self.trace_id:
-                headers["traceparent"] = unsampled_traceparent(self.trace_id)
-                if self.inbound is not None and self.inbound.tracestate:
-                    headers["tracestate"] = self.inbound.tracestate
+            self._send_unsampled(headers)  # not sampled: no CLIENT span, only the metrics
             return Attempt(self, None, watch, target.name, name, call.route, owner._clock())
         host, origin_port = _origin(target.url)
         attributes: dict[str, Any] = {
@@ -363,6 +370,13 @@ class RequestTrace:
         if attempt_span.tracestate:
             headers["tracestate"] = attempt_span.tracestate
         return Attempt(self, attempt_span, watch, target.name, name, call.route, owner._clock())
+
+    def _send_unsampled(self, headers: CIMultiDict[str]) -> None:
+        """The endpoint still gets the trace context, flagged not sampled (none when tracing is off)."""
+        if self.trace_id:
+            headers["traceparent"] = unsampled_traceparent(self.trace_id)
+            if self.inbound is not None and self.inbound.tracestate:
+                headers["tracestate"] = self.inbound.tracestate
 
 
 # The request's RequestTrace for the proxy's hooks, set by `RouterTelemetry.wrap` in the request's own task (a
@@ -417,7 +431,8 @@ class Attempt:
             error_type = answer.cut
         if self.span is not None:
             self._finish_span(self.span, request, ttfc, error_type)
-        self._record(now, ttfc, error_type)
+        if owner.metrics_on:
+            self._record(now, ttfc, error_type)
 
     def _finish_span(self, span: LeanSpan, request: web.Request, ttfc: float | None, error_type: str | None) -> None:
         attrs = span.attributes

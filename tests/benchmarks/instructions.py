@@ -34,7 +34,7 @@ from tests.benchmarks import contenders, pier
 from tests.benchmarks.layout import JSON_BODY, JSON_MODEL, OPENAI_CHAT_PATH, Cores, base_env
 from tests.harness import ProcessFactory, free_port, system_binary
 
-DEFAULT_SETTINGS = "pier,pier-otel-0,pier-otel-10,pier-otel"
+DEFAULT_SETTINGS = "pier,pier-otel-0,pier-otel-10,pier-otel-10-traces,pier-otel"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 CONNECTIONS = 4
 WARMUP_REQUESTS = 200

@@ -52,6 +52,17 @@ PIER_SETTINGS: tuple[PierSetting, ...] = (
         },
         note="telemetry on, parentbased_traceidratio 0.1",
     ),
+    # The same sampling with traces only (no metric reader): an unsampled request then only passes its trace on.
+    PierSetting(
+        "pier-otel-10-traces",
+        {
+            **_OTEL_ON,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            "OTEL_METRICS_EXPORTER": "none",
+        },
+        note="traces only (OTEL_METRICS_EXPORTER=none), parentbased_traceidratio 0.1",
+    ),
     # Tracing on with nothing sampled, metrics on: what every request pays for telemetry before any span (the
     # hooks, the trace context sent on, the metrics). pier-otel-10 is this plus a tenth of pier-otel's span cost.
     PierSetting(

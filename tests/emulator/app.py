@@ -138,7 +138,40 @@ async def _apply_fault(request: web.Request, fault: Fault) -> web.StreamResponse
         await asyncio.sleep(fault.delay_ms / 1000.0)
     if mode == "drop":
         request[DROP_AFTER] = fault.drop_after
+    if mode == "garbage":
+        return _raw(request, GARBAGE)
+    if mode == "trickle":
+        return await _trickle(request, fault.delay_ms or 1000.0)
     return None
+
+
+# What a confused peer might send on an HTTP port: no status line, binary noise, no framing.
+GARBAGE = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03SSH-2.0-garbage\r\n\x00\xff\xfe{not http at all\r\n\r\n"
+
+
+def _raw(request: web.Request, data: bytes) -> web.StreamResponse:
+    """Write bytes straight to the connection, bypassing HTTP framing, then close it."""
+    request[SERVER_CLOSED] = True
+    if request.transport is not None:
+        request.transport.write(data)
+        request.transport.close()
+    return web.Response(status=500)
+
+
+async def _trickle(request: web.Request, delay_ms: float) -> web.StreamResponse:
+    """A whole, valid answer written one byte at a time: the status line alone takes a quarter of a minute."""
+    body = json.dumps({"error": {"message": "trickled", "type": "server_error"}}).encode()
+    head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    request[SERVER_CLOSED] = True
+    transport = request.transport
+    for byte in head.encode() + body:
+        if transport is None or transport.is_closing():
+            break  # the client gave up on us
+        transport.write(bytes([byte]))
+        await asyncio.sleep(delay_ms / 1000.0)
+    if transport is not None:
+        transport.close()
+    return web.Response(status=500)
 
 
 def _abort(request: web.Request) -> web.StreamResponse:

@@ -3,7 +3,8 @@
 Modes: none, refuse (main listener closed: ECONNREFUSED), reset (accept, then abort the connection),
 status (answer an HTTP error as DMR would), loading (llama.cpp's 503 `Loading model`), hang (never send headers),
 drop (streams: send `drop_after` chunks then close; others: close after the headers), slow_first_byte
-(wait `delay_ms` before the headers).
+(wait `delay_ms` before the headers), garbage (answer bytes that are not HTTP, then close), trickle (a valid
+answer sent one byte every `delay_ms`, one second when unset: a peer that is alive but useless).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("none", "refuse", "reset", "status", "loading", "hang", "drop", "slow_first_byte")
+MODES = ("none", "refuse", "reset", "status", "loading", "hang", "drop", "slow_first_byte", "garbage", "trickle")
 ADMIN_PREFIX = "/_emulator/"
 
 # DMR's own error texts for the `status` fault (text/plain, http.Error style).

@@ -1,4 +1,5 @@
-"""Fault injection: refuse, reset, status, loading, hang, drop, slow_first_byte; count, paths, duration."""
+"""Fault injection: refuse, reset, status, loading, hang, drop, slow_first_byte, garbage, trickle; count, paths,
+duration."""
 
 from __future__ import annotations
 
@@ -204,6 +205,45 @@ async def test_slow_first_byte(http: aiohttp.ClientSession, emu: EmulatorServer)
         assert resp.status == 200
         assert time.monotonic() - started >= 0.3
         assert (await resp.json())["object"] == "list"
+
+
+async def raw_exchange(emu: EmulatorServer, *, read_s: float) -> tuple[bytes, float]:
+    """Send one raw HTTP request; what came back within `read_s` (or until the emulator closed), and when."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", emu.port)
+    writer.write(b"GET /engines/v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    got = b""
+    try:
+        async with asyncio.timeout(read_s):
+            while chunk := await reader.read(1024):
+                got += chunk
+    except TimeoutError:
+        pass
+    writer.close()
+    return got, time.monotonic() - started
+
+
+async def test_garbage_answers_bytes_that_are_not_http(http: aiohttp.ClientSession, emu: EmulatorServer) -> None:
+    await fault(http, emu, mode="garbage", count=1)
+    got, _ = await raw_exchange(emu, read_s=5)
+    assert got
+    assert not got.startswith(b"HTTP/")
+    await fault(http, emu, mode="garbage", count=1)
+    with pytest.raises(aiohttp.ClientError):  # an HTTP client's parser refuses it
+        async with http.get(f"{emu.url}/engines/v1/models") as resp:
+            await resp.read()
+    record = (await admin_get(http, emu, "requests"))[0]
+    assert (record["fault"], record["status"], record["finished"]) == ("garbage", None, False)
+
+
+async def test_trickle_sends_one_byte_per_interval(http: aiohttp.ClientSession, emu: EmulatorServer) -> None:
+    await fault(http, emu, mode="trickle", delay_ms=100, count=1)
+    got, elapsed = await raw_exchange(emu, read_s=0.75)
+    assert b"HTTP/1.1 503".startswith(got)
+    assert 3 <= len(got) <= 9
+    assert elapsed >= 0.7
+    async with http.get(f"{emu.url}/engines/v1/models") as resp:  # count=1: the next request is normal
+        assert resp.status == 200
 
 
 async def test_first_byte_delay_switch(http: aiohttp.ClientSession, start_emulator: StartEmulator) -> None:

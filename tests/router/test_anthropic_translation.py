@@ -188,6 +188,15 @@ def test_request_sends_nothing_unasked() -> None:
     assert to_chat(body(), "m") == {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
 
 
+def test_integers_written_as_floats_are_integers() -> None:
+    # Found by Schemathesis: JSON Schema's integer includes `16.0`, and so does Anthropic's validation.
+    data = body(max_tokens=16.0, top_k=4.0)
+    check_messages(data)
+    chat = to_chat(data, "m")
+    assert (chat["max_tokens"], type(chat["max_tokens"])) == (16, int)
+    assert (chat["top_k"], type(chat["top_k"])) == (4, int)
+
+
 def completion(message: dict[str, Any], finish: str = "stop", **extra: Any) -> dict[str, Any]:
     choice = {"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}
     usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
@@ -448,6 +457,7 @@ def test_expect_keeps_what_the_answer_needs() -> None:
 BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("missing max_tokens", {"model": "m", "messages": []}, "max_tokens: Field required"),
     ("max_tokens not an integer", body(max_tokens="10"), "max_tokens: Input should be a valid integer"),
+    ("max_tokens a fraction", body(max_tokens=10.5), "max_tokens: Input should be a valid integer"),
     ("max_tokens below 1", body(max_tokens=0), "max_tokens: Input should be greater than or equal to 1"),
     ("missing model", {"max_tokens": 5, "messages": []}, "model: Field required"),
     ("missing messages", {"model": "m", "max_tokens": 5}, "messages: Field required"),

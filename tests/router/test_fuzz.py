@@ -14,6 +14,7 @@ import os
 import string
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.router.access import Family, family_of
 from tests.harness import Proc, ProcessFactory, RedisServer
+from tests.reliability import Inputs, record_inputs
 from tests.router.support import EmuSpec, Stack, build_stack, start_router
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 ANSWER_DEADLINE_S = 15.0  # a request unanswered by then is a hang
 KEY = "sk-pier-fuzz-0123456789abcdef"
 TRIED = {"open": 0, "gated": 0}
+BY_FAMILY: Counter[str] = Counter()  # inputs per route family (the path's), for docs/reliability.md
+PROPERTIES = "no 500, an answer within 15 s, errors JSON objects, the router alive at the end (open and gated)"
 
 PREFIXES = [
     "/v1/",
@@ -173,6 +178,7 @@ def send(port: int, method: str, path: str, headers: dict[str, str], body: bytes
 
 def check_answer(proc: Proc, method: str, path: str, headers: dict[str, str], body: bytes | None) -> None:
     assert proc.port is not None
+    BY_FAMILY[family_of(path.split("?", 1)[0]).value] += 1
     try:
         status, content_type, payload = send(proc.port, method, path, headers, body)
     except TimeoutError:
@@ -208,9 +214,13 @@ def test_gated_router_never_500s_or_hangs(
 def test_both_routers_survived_and_report_inputs(stack: Stack, gated: Proc) -> None:
     assert stack.router.alive()
     assert gated.alive()
-    print(f"fuzz: {TRIED['open']} inputs on the open router, {TRIED['gated']} on the gated one")
+    print(f"fuzz: {TRIED['open']} inputs on the open router, {TRIED['gated']} on the gated one: {dict(BY_FAMILY)}")
     for proc in (stack.router, gated):
         assert "Traceback" not in proc.output()
+    # Every family was reached (the path prefixes cover them all), and its inputs go to docs/reliability.md.
+    assert set(BY_FAMILY) == {f.value for f in Family}, BY_FAMILY
+    for family in Family:
+        record_inputs(Inputs("hypothesis", family.value, BY_FAMILY[family.value], PROPERTIES))
 
 
 def test_openapi_describes_every_family(stack: Stack) -> None:

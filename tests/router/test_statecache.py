@@ -101,7 +101,11 @@ async def test_snapshot_on_start_then_events_apply_without_a_redis_read(redis_ur
         await report(redis, b_state, EventKind.ENDPOINT_ADDED)
         await wait_for(lambda: cache.table.targets["b"].routable, timeout_s=DEADLINE_S, what="event applied")
 
-        assert cache.table.targets["b"].state == b_state
+        held = cache.table.targets["b"].state
+        assert held is not None
+        # As written, but checked when it arrived, on the router's clock (the writer's may differ).
+        assert held.model_copy(update={"checked_at": b_state.checked_at}) == b_state
+        assert held.checked_at >= b_state.checked_at
         assert cache.table.targets["b"].models == {SMOL, PHI}
         assert cache.table.version > version
         assert cache.stats.snapshots == snapshots  # no resync happened ...
@@ -125,6 +129,36 @@ async def test_a_replayed_older_event_does_not_overwrite_a_newer_state(redis_url
         await report(redis, marker)
         await wait_for(lambda: cache.table.targets["b"].routable, timeout_s=DEADLINE_S, what="later event")
         assert cache.table.targets["a"].status is EndpointStatus.HEALTHY
+
+
+async def test_writers_with_skewed_clocks_are_ordered_by_arrival(redis_url: str, redis: Redis) -> None:
+    """Writer A's clock is right; writer B's runs 60 s behind (its TTL is 15 s). B's later write wins and is live."""
+    a_state = live_state("a", writer="health-a")
+    cache = StateCache(two_endpoints(), redis_url, resync_interval_s=3600, block_ms=200)
+    await report(redis, a_state)
+    async with running(cache):
+        await wait_for(lambda: cache.table.targets["a"].routable, timeout_s=DEADLINE_S, what="A's state")
+        b_state = live_state(
+            "a", writer="health-b", status=EndpointStatus.OFFLINE, checked_at=time.time() - 60, ttl_s=15.0
+        )
+        await report(redis, b_state)
+
+        def follows_b() -> bool:
+            target = cache.table.targets["a"]
+            return target.known and target.status is EndpointStatus.OFFLINE
+
+        await wait_for(follows_b, timeout_s=DEADLINE_S, what="B's state, though stamped 60 s earlier")
+        # The same write read again (a resync) keeps its arrival time: it does not look fresher than it is.
+        arrived = cache.states["a"].checked_at
+        await cache.run_once()
+        assert cache.states["a"].checked_at == arrived
+        # One writer's own replayed, older write still loses to its later one (one clock orders it).
+        replayed = b_state.model_copy(update={"checked_at": b_state.checked_at - 1, "status": EndpointStatus.HEALTHY})
+        await report(redis, replayed)
+        marker = live_state("b")
+        await report(redis, marker)
+        await wait_for(lambda: cache.table.targets["b"].routable, timeout_s=DEADLINE_S, what="later event")
+        assert cache.table.targets["a"].status is EndpointStatus.OFFLINE
 
 
 async def redis_gone(redis: Redis, key: str) -> bool:

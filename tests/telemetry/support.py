@@ -79,8 +79,10 @@ class Traced:
 
 
 def in_memory_telemetry(
-    *, capture_content: bool = False, sampler: Sampler | None = None
+    *, capture_content: bool = False, sampler: Sampler | None = None, metrics: bool = True
 ) -> tuple[Telemetry, InMemorySpanExporter, InMemoryMetricReader]:
+    """Tracing into memory, and metrics into `reader` unless `metrics` is false (then no reader is registered: the
+    router sees what OTEL_METRICS_EXPORTER=none without Prometheus gives it, and `reader` stays empty)."""
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -89,9 +91,9 @@ def in_memory_telemetry(
     telemetry = Telemetry(
         "pier-router",
         tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
+        meter_provider=meter_provider if metrics else None,
         capture_content=capture_content,
-        metric_readers=[reader],
+        metric_readers=[reader] if metrics else [],
     )
     return telemetry, exporter, reader
 
@@ -107,6 +109,7 @@ async def traced_router(
     wait_loaded: bool = False,
     capture_content: bool = False,
     sampler: Sampler | None = None,
+    metrics: bool = True,
 ) -> AsyncIterator[Traced]:
     """Emulators `(name, priority, args)`, the health worker, and a router in this process with in-memory telemetry."""
     started = {name: start_emulator(procs, name, *args) for name, _, args in emus}
@@ -115,7 +118,7 @@ async def traced_router(
     start_health(procs, redis_url, workdir, config_file)
     port = free_port()
     settings = RouterSettings(redis_url=redis_url, config_file=config_file, host="127.0.0.1", port=port)
-    telemetry, exporter, reader = in_memory_telemetry(capture_content=capture_content, sampler=sampler)
+    telemetry, exporter, reader = in_memory_telemetry(capture_content=capture_content, sampler=sampler, metrics=metrics)
     runner = make_runner(settings, settings.pier_config(), telemetry)
     await runner.setup()
     try:

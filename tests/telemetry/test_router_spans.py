@@ -15,7 +15,7 @@ import openai
 from anthropic import AsyncAnthropic
 from anthropic.types import MessageParam
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.harness import ProcessFactory, wait_for
@@ -283,6 +283,36 @@ async def test_unsampled_requests_make_no_spans_but_propagate_and_count(
         assert int(traceparent.split("-")[3], 16) & 1 == 0  # the endpoint learns the trace is not sampled
         tokens = {p.attributes["gen_ai.token.type"]: p for p in traced.metric_points("gen_ai.client.token.usage")}
         assert tokens["output"].sum > 0
+
+
+async def test_without_metrics_an_unsampled_request_only_passes_its_trace_on(
+    procs: ProcessFactory, tmp_path: Path, redis_url: str
+) -> None:
+    # No metric reader: nothing reads an unsampled answer, so usage is not asked for; a sampled one still is.
+    sampler = TraceIdRatioBased(0.5)
+    async with traced_router(
+        procs, tmp_path, redis_url, [("e1", 100, ())], sampler=ParentBased(sampler), metrics=False
+    ) as traced:
+        async with aiohttp.ClientSession() as http:
+            for sampled in (False, True):
+                # The caller's sampled flag decides (parent-based), so both paths are taken on purpose.
+                caller = f"00-{INBOUND_TRACE}-{INBOUND_PARENT}-{'01' if sampled else '00'}"
+                async with http.post(
+                    traced.url + CHAT, json=chat(MODEL, stream=True), headers={"traceparent": caller}
+                ) as resp:
+                    assert resp.status == 200
+                    raw = await resp.read()
+                assert b'"usage"' not in raw  # the client did not ask for usage and does not get it
+                records = [r for r in await traced.emus["e1"].requests() if r["path"] == CHAT]
+                sent = records[-1]["body"]
+                headers = {k.lower(): v for k, v in records[-1]["headers"].items()}
+                assert headers["traceparent"].split("-")[1] == INBOUND_TRACE
+                assert int(headers["traceparent"].split("-")[3], 16) & 1 == int(sampled)
+                assert ("stream_options" in sent) is sampled  # asked for only when a span will carry it
+        clients = traced.client_spans()
+        assert len(clients) == 1
+        assert attrs(clients[0])["gen_ai.usage.output_tokens"] > 0
+        assert traced.metric_points("gen_ai.client.token.usage") == []
 
 
 async def test_prompt_content_only_when_opted_in_and_other_routes_are_traced(

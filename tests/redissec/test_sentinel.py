@@ -236,6 +236,10 @@ async def test_failover_under_load(procs: ProcessFactory, tmp_path: Path, group:
     # was killed only after the fail-over: so no request may fail, even the ones sent to e2 (the router retries
     # another endpoint on a refused connection).
     assert failures == [], f"{figures}\n{failures[:5]}"
+    # Reconnects and fail-over log more than a quiet run: still no password of the data nodes or Sentinels.
+    said = "".join(p.output() for p in procs.procs) + repr(status) + "".join(r[2] for r in failures)
+    for secret in (PASSWORD, PIER_PASSWORD, SENTINEL_PASSWORD):
+        assert secret not in said
 
 
 def run_health(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -258,6 +258,7 @@ def header_key(session: str) -> str:
 
 def test_a_role_of_any_json_type_gives_no_prefix_and_no_error() -> None:
     # An unhashable role once raised TypeError in the set lookup (a 500 on the request).
-    for role in ({}, [], None, 5):
+    roles: list[object] = [{}, [], None, 5]
+    for role in roles:
         data = {"messages": [{"role": role, "content": "x"}, {"role": "user", "content": "Hi"}]}
         assert conversation_prefix(data, anthropic=False) is None

@@ -25,6 +25,11 @@ def _fail(field: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"{field}: {message}", param=field)
 
 
+def _one_of(value: Any, choices: frozenset[str]) -> bool:
+    # A string first: `{} in frozenset(...)` raises TypeError (unhashable), which would be a 500.
+    return isinstance(value, str) and value in choices
+
+
 def _number(data: dict[str, Any], key: str) -> None:
     value = data.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -64,7 +69,7 @@ def _block(block: Any, field: str, allowed: frozenset[str]) -> None:
         raise _fail(f"{field}.text", "Input should be a valid string")
     if kind == "image":
         source = block.get("source")
-        if not isinstance(source, dict) or source.get("type") not in IMAGE_SOURCES:
+        if not isinstance(source, dict) or not _one_of(source.get("type"), IMAGE_SOURCES):
             raise _fail(f"{field}.source.type", "Input should be 'base64' or 'url'")
         need = ("media_type", "data") if source["type"] == "base64" else ("url",)
         for key in need:
@@ -123,7 +128,7 @@ def _tools(data: dict[str, Any]) -> None:
                 raise _fail(f"tools.{i}.input_schema", "Input should be a valid object")
     choice = data.get("tool_choice")
     if choice is not None:
-        if not isinstance(choice, dict) or choice.get("type") not in TOOL_CHOICES:
+        if not isinstance(choice, dict) or not _one_of(choice.get("type"), TOOL_CHOICES):
             raise _fail("tool_choice.type", "Input should be 'auto', 'any', 'none' or 'tool'")
         if choice["type"] == "tool" and not isinstance(choice.get("name"), str):
             raise _fail("tool_choice.name", "Field required")

@@ -49,10 +49,11 @@ _ANTHROPIC_ERROR = {
     },
 }
 # A model name: at least one character that is not white space (the router strips it, and an empty name is a 400).
+# White space as Python's str.strip() sees it: ECMA's `\s` plus the separators U+001C-U+001F and U+0085.
 _MODEL = {
     "type": "string",
     "minLength": 1,
-    "pattern": "\\S",
+    "pattern": "[^\\s\\x1c-\\x1f\\x85]",
     "description": "a model name; `smollm2` means `ai/smollm2:latest`",
 }
 _INFERENCE_BODY = {

@@ -107,7 +107,9 @@ def conversation_prefix(data: Mapping[str, Any], *, anthropic: bool) -> str | No
             start.append(_turn(message))
             if message.get("role") == "user":
                 break
-            if message.get("role") not in _SYSTEM_ROLES:
+            role = message.get("role")
+            # A string first: an unhashable role (`{}`) looked up in the set would raise (a 500).
+            if not isinstance(role, str) or role not in _SYSTEM_ROLES:
                 return None  # a conversation that does not start with its system prompt and a user turn
         else:
             return None

@@ -254,3 +254,11 @@ def header_key(session: str) -> str:
     key = session_key((Source.HEADER,), {"X-Pier-Session-ID": session}, None, MODEL, anthropic=False)
     assert key is not None
     return key
+
+
+def test_a_role_of_any_json_type_gives_no_prefix_and_no_error() -> None:
+    # An unhashable role once raised TypeError in the set lookup (a 500 on the request).
+    roles: list[object] = [{}, [], None, 5]
+    for role in roles:
+        data = {"messages": [{"role": role, "content": "x"}, {"role": "user", "content": "Hi"}]}
+        assert conversation_prefix(data, anthropic=False) is None

@@ -458,6 +458,13 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("missing max_tokens", {"model": "m", "messages": []}, "max_tokens: Field required"),
     ("max_tokens not an integer", body(max_tokens="10"), "max_tokens: Input should be a valid integer"),
     ("max_tokens a fraction", body(max_tokens=10.5), "max_tokens: Input should be a valid integer"),
+    # Found by Schemathesis (were 500s: an unhashable value looked up in a set of names).
+    ("tool_choice type an object", body(tool_choice={"type": {}}), "tool_choice.type: Input should be"),
+    (
+        "image source type a list",
+        body(messages=[user({"type": "image", "source": {"type": []}})]),
+        "messages.0.content.0.source.type: Input should be",
+    ),
     ("max_tokens below 1", body(max_tokens=0), "max_tokens: Input should be greater than or equal to 1"),
     ("missing model", {"max_tokens": 5, "messages": []}, "model: Field required"),
     ("missing messages", {"model": "m", "max_tokens": 5}, "messages: Field required"),

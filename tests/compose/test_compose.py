@@ -7,6 +7,8 @@ DMR emulator containers and a config file naming them: dmr-a preferred over dmr-
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import socket
 import time
@@ -21,7 +23,10 @@ from shared import keys
 from tests.compose.client import MODEL, Reply, all_healthy, endpoints_by_name, stream_chat, try_get_json
 from tests.compose.conftest import COMPOSE_FILES, PIER_IMAGE, PROJECT, TIMINGS, compose_env
 from tests.compose.engine import SOCKET, ComposeProject, Engine, paced
-from tests.harness import ROOT, Timeout, free_port, wait_for_sync
+from tests.emulator.config import EmulatorConfig
+from tests.faults.load import Load
+from tests.faults.support import measure, record
+from tests.harness import ROOT, Timeout, free_port, wait_for, wait_for_sync
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
@@ -273,3 +278,63 @@ def test_scale_router_to_two_replicas(pier: Pier, engine: Engine) -> None:
         pier.project("up", "--detach", "--wait", "--wait-timeout", "180", "--scale", "router=1", timeout_s=300)
     assert len(pier.project.container_ids("router")) == 1
     pier.wait(lambda: all_healthy(pier.base_url), "the single router on its own port again")
+
+
+def _emulator_config(project: ComposeProject, service: str, **settings: Any) -> None:
+    """Switch an emulator container's settings through its admin route (its port is not published)."""
+    script = (
+        "import json, sys, urllib.request; urllib.request.urlopen(urllib.request.Request("
+        "'http://127.0.0.1:12434/_emulator/config', data=sys.argv[1].encode(),"
+        " headers={'Content-Type': 'application/json'}), timeout=10)"
+    )
+    project("exec", "-T", service, "python", "-c", script, json.dumps(settings), timeout_s=60)
+
+
+@pytest.mark.faults
+async def test_partition_between_the_router_and_an_endpoint(pier: Pier) -> None:
+    """`docker network disconnect` cuts dmr-a off mid-stream (no FIN, no RST: packets just stop) while a mixed
+    load runs; the router must notice the dead peer in seconds (TCP keep-alive and user timeout), fail over
+    whatever had not started streaming, and return to dmr-a once it is connected again."""
+    project, engine = pier.project, pier.project.engine
+    pier.wait(lambda: all_healthy(pier.base_url), "both emulators healthy")
+    network = f"{PROJECT}_default"
+    (container,) = project.container_ids("dmr-a")
+    defaults = EmulatorConfig()
+    # Streams of 2 s, so that some are open on dmr-a when the partition comes.
+    _emulator_config(project, "dmr-a", chunks=20, chunk_interval_ms=100)
+    loads: list[Load] = []
+    window: list[float] = []
+
+    async def partition() -> None:
+        window.append(time.monotonic())
+        await asyncio.to_thread(engine.docker, "network", "disconnect", network, container)
+
+        async def noticed() -> bool:
+            table = await asyncio.to_thread(endpoints_by_name, pier.base_url)
+            return bool(table) and table["dmr-a"]["status"] != "healthy"
+
+        await wait_for(noticed, timeout_s=60, what="the health worker to see dmr-a cut off")
+        since = time.monotonic()
+        await wait_for(lambda: loads[0].oks_since(since) >= 16, timeout_s=60, what="answers from dmr-b meanwhile")
+
+    async def reconnect() -> None:
+        await asyncio.to_thread(engine.docker, "network", "connect", "--alias", "dmr-a", network, container)
+        window.append(time.monotonic())
+        await wait_for(lambda: asyncio.to_thread(all_healthy, pier.base_url), timeout_s=90, what="dmr-a back")
+
+    try:
+        figures, load = await measure(pier.base_url, partition, reconnect, clients=6, on_start=loads.append)
+    finally:
+        if container not in engine.docker("network", "inspect", "--format", "{{json .Containers}}", network).stdout:
+            engine.docker("network", "connect", "--alias", "dmr-a", network, container, check=False)
+        _emulator_config(project, "dmr-a", chunks=defaults.chunks, chunk_interval_ms=defaults.chunk_interval_ms)
+    lasted_s = window[1] - window[0]
+    record(f"a network partition between the router and an endpoint for {lasted_s:.1f} s", figures, tier="compose")
+    assert figures.lost_before_streaming == 0
+    assert figures.streams_cut <= 6  # at most one stream per client was open on dmr-a
+    assert figures.recovery_s is None or figures.recovery_s < 30
+    # What was cut was cut within seconds of the partition (the kernel's dead-peer check), not left hanging
+    # until a client or the request timeout (DMR's profile: 5 minutes) gave up.
+    late = [r for r in load if r.outcome in ("failed", "cut") and r.ended - window[0] > 15]
+    assert not late, late
+    pier.wait(lambda: pier.chat().text.startswith("Hello from dmr-a"), "dmr-a to serve again", timeout_s=90)

@@ -2,7 +2,8 @@
 
 The router routes from its in-memory table, so neither may cost a request: without Redis it keeps its last
 snapshot; without the health worker the states expire and the router routes on what is left (unknown
-endpoints as the last resort) and on what requests tell it (a failed connection marks an endpoint down).
+endpoints as the last resort) and on what requests tell it: an endpoint that goes down meanwhile is marked down
+by the first request that fails to connect, which fails over.
 """
 
 from __future__ import annotations
@@ -63,22 +64,34 @@ async def test_health_worker_killed(procs: ProcessFactory, tmp_path: Path, redis
     stack = fault_stack(procs, tmp_path, redis_url)
     assert stack.health is not None
     health = stack.health
+    e1 = stack.emu("e1")
     loads: list[Load] = []
 
     def expired() -> bool:
         status = endpoints_status(stack.url)
         return not status["e1"]["known"] and not status["e2"]["known"]
 
+    def e1_marked_down() -> bool:
+        return bool(endpoints_status(stack.url)["e1"]["marked_down"])
+
     async def kill() -> None:
         health.kill()
         await wait_for(expired, timeout_s=30, what="the endpoints' states to expire")
         await _serving(loads[0])  # every state has expired: the router still routes, on what it last knew
+        # Now e1 goes down, and no health worker will say so: the requests that meet it tell the router.
+        await e1.fault(mode="refuse")
+        await wait_for(e1_marked_down, timeout_s=30, what="the router to mark e1 down from a failed request")
+        await _serving(loads[0])
+        await e1.fault(mode="none")
 
     async def restart() -> None:
         start_health(procs, redis_url, tmp_path, stack.config)
         await wait_routable(stack.url, ["e1", "e2"])
 
     figures, _ = await measure(stack.url, kill, restart, on_start=loads.append)
-    record("the health worker killed (SIGKILL): every state expires, restarted after", figures)
+    record(
+        "the health worker killed (SIGKILL): every state expires, then an endpoint goes down; restarted after",
+        figures,
+    )
     assert figures.lost_before_streaming == 0
     assert figures.streams_cut == 0

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import redis as sync_redis
 
+from tests import reliability
 from tests.harness import ROOT, ProcessFactory, free_port, http_ok, wait_for
 from tests.redissec.servers import (
     MASTER,
@@ -230,6 +231,22 @@ async def test_failover_under_load(procs: ProcessFactory, tmp_path: Path, group:
         f"{reconnected_at - killed_at:.1f}s tls={group.certs is not None}"
     )
     print(f"\nsentinel fail-over: {figures}")
+    over = " over TLS" if group.certs is not None else ""
+    reliability.record_fault(
+        reliability.Fault(
+            fault=f"the Redis master killed (SIGKILL) behind three Sentinels{over}: fail-over to the replica",
+            tier="processes",
+            requests=len(load.results),
+            clients_saw=(
+                f"{len(load.results) - len(failures)} ok, {len(failures)} failed (plain chat, {CLIENTS} clients); "
+                f"replica promoted after {promoted_at - killed_at:.1f} s, health writing to it after "
+                f"{writes_at - killed_at:.1f} s; recovery here is the router's state read from the new master"
+            ),
+            lost_before_streaming=len(failures),
+            streams_cut=0,
+            recovery_s=reconnected_at - killed_at,  # until the router's state cache reads the new master
+        )
+    )
     assert status["redis"]["connected"] is True, status
     assert new_master.acl_log() == [], new_master.acl_log()  # the minimal ACL held through the fail-over
     # Routing never waits on Redis (the table is in memory; shared rate limits fall back to local ones), and e2

@@ -90,6 +90,25 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def stop_popen(popen: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
+    """SIGTERM, wait; SIGKILL if it does not exit in time. Returns the exit code."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(timeout=5)
+    return int(popen.returncode)
+
+
+def kill_popen(popen: subprocess.Popen[bytes]) -> None:
+    """SIGKILL (no grace) and reap it."""
+    if popen.poll() is None:
+        popen.kill()
+        popen.wait(timeout=5)
+
+
 @dataclass
 class Proc:
     """A real child process with its output captured to files."""
@@ -122,19 +141,10 @@ class Proc:
 
     def stop(self, timeout_s: float = 10.0) -> int:
         """SIGTERM, wait; SIGKILL if it does not exit in time. Returns the exit code."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
-        return int(self.popen.returncode)
+        return stop_popen(self.popen, timeout_s)
 
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(timeout=5)
+        kill_popen(self.popen)
 
 
 class ProcessFactory:
@@ -230,13 +240,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
+        stop_popen(self.popen)
 
     def restart(self) -> None:
         """Start a fresh server on the same port (used to test Redis outages)."""

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness import free_port, port_open, redis_server_binary, require_binary, wait_for_sync
+from tests.harness import (
+    free_port,
+    kill_popen,
+    port_open,
+    redis_server_binary,
+    require_binary,
+    stop_popen,
+    wait_for_sync,
+)
 
 PASSWORD = "s3cret-Redis-pw-7f2c"  # the default user's password (admin: the tests' own view of the server)
 PIER_USER = "pier"
@@ -87,18 +95,15 @@ class Server:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
+        stop_popen(self.popen)
 
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(timeout=5)
+        kill_popen(self.popen)
+
+
+def _common_lines(workdir: Path, port: int, certs: Certs | None) -> list[str]:
+    """Where a redis-server or redis-sentinel listens (on `port`, or only on its TLS port with `certs`) and writes."""
+    return ["bind 127.0.0.1", f"port {0 if certs else port}", f"dir {workdir}", f"logfile {workdir / 'server.log'}"]
 
 
 def _tls_lines(certs: Certs, *, mutual: bool) -> list[str]:
@@ -138,10 +143,7 @@ def start_redis(
     """A redis-server: a password for the default user, ACL users (`user <name> <rules>` lines), TLS when `certs`."""
     port = free_port()
     lines = [
-        "bind 127.0.0.1",
-        f"port {0 if certs else port}",
-        f"dir {workdir}",
-        f"logfile {workdir / 'server.log'}",
+        *_common_lines(workdir, port, certs),
         'save ""',
         "appendonly no",
     ]
@@ -161,10 +163,7 @@ def start_sentinel(
     """A redis-sentinel (the Debian binary) watching `master_port`, quorum 2, down after 1 s."""
     port = free_port()
     lines = [
-        "bind 127.0.0.1",
-        f"port {0 if certs else port}",
-        f"dir {workdir}",
-        f"logfile {workdir / 'server.log'}",
+        *_common_lines(workdir, port, certs),
         f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2",
         f"sentinel down-after-milliseconds {MASTER} 1000",
         f"sentinel failover-timeout {MASTER} 10000",

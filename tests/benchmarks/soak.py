@@ -33,6 +33,7 @@ from tests.router.support import (
     base_env,
     build_stack,
     wait_routable_sync,
+    warmup_env,
 )
 
 # The bounds (stated here, checked by soak_report.evaluate on what the run recorded).
@@ -113,23 +114,23 @@ def sample(soak: Soak) -> Sample:
     )
 
 
-def _warmup_env(soak_dir: Path, redis_url: str, config: Path) -> dict[str, str]:
-    return {
-        "PIER_REDIS_URL": redis_url,
-        "PIER_CONFIG_FILE": str(config),
-        "PIER_INSTANCE_ID": "warmup-soak",
-        "PIER_WARMUP_ID_FILE": str(soak_dir / "warmup.id"),
-        "PIER_WARMUP_MODELS": "smollm2",
-        "PIER_WARMUP_BACKOFF_INITIAL_S": "1",
-    }
-
-
 def start(workdir: Path) -> Soak:
     procs = ProcessFactory(workdir, base_env())
     redis = start_redis(workdir=workdir)
     stack = build_stack(procs, workdir, redis.url, [EmuSpec("e1"), EmuSpec("e2")])
     assert stack.health is not None
-    warmup = procs.python("warmup", "services.warmup", env=_warmup_env(workdir, redis.url, stack.config))
+    warmup = procs.python(
+        "warmup",
+        "services.warmup",
+        env=warmup_env(
+            redis.url,
+            workdir,
+            stack.config,
+            instance="warmup-soak",
+            PIER_WARMUP_MODELS="smollm2",
+            PIER_WARMUP_BACKOFF_INITIAL_S="1",
+        ),
+    )
     emus = {name: emu.proc for name, emu in stack.emus.items()}
     ports = {name: (emu.proc.port or 0, int(emu.admin_url.rsplit(":", 1)[1])) for name, emu in stack.emus.items()}
     return Soak(procs, workdir, redis, stack.router, stack.health, warmup, emus, ports)

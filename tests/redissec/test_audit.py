@@ -19,7 +19,15 @@ from shared import keys
 from tests.harness import ProcessFactory, free_port, http_ok, wait_for
 from tests.redissec.rawotlp import RawOtlp
 from tests.redissec.servers import PASSWORD, PIER_ACL, PIER_PASSWORD, PIER_USER, Server, start_redis
-from tests.router.support import endpoint, health_env, router_env, start_emulator, wait_routable, write_config
+from tests.router.support import (
+    endpoint,
+    health_env,
+    router_env,
+    start_emulator,
+    wait_routable,
+    warmup_env,
+    write_config,
+)
 
 MARK = "hostile7q"  # in everything a client sends; never in a key (compared lower-case)
 API_KEY = "pk-client-Zq81-secret-key"
@@ -174,8 +182,7 @@ async def _run(procs: ProcessFactory, tmp_path: Path, server: Server, otlp: RawO
         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true",
     }
     procs.python("health", "services.health", env={**health_env(server.url(), tmp_path, config), **common})
-    warm_env = {"PIER_CONFIG_FILE": str(config), "PIER_INSTANCE_ID": "warmup-test", "PIER_WARMUP_MODELS": "ai/smollm2",
-                "PIER_WARMUP_ID_FILE": str(tmp_path / "warmup.id"), **common}  # fmt: skip
+    warm_env = {**warmup_env(server.url(), tmp_path, config, PIER_WARMUP_MODELS="ai/smollm2"), **common}
     procs.python("warmup", "services.warmup", env=warm_env)
     port = free_port()
     router_extra = {

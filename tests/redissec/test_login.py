@@ -33,6 +33,7 @@ from tests.router.support import (
     router_env,
     start_emulator,
     wait_routable,
+    warmup_env,
     write_config,
 )
 
@@ -74,8 +75,7 @@ async def start_stack(procs: ProcessFactory, tmp_path: Path, redis_env: dict[str
     config = write_config(tmp_path / "pier.yaml", [endpoint("e1", emu.url)])
     url = redis_env["PIER_REDIS_URL"]
     procs.python("health", "services.health", env={**health_env(url, tmp_path, config), **redis_env})
-    warm_env = {"PIER_CONFIG_FILE": str(config), "PIER_INSTANCE_ID": "warmup-test",
-                "PIER_WARMUP_ID_FILE": str(tmp_path / "warmup.id"), **redis_env}  # fmt: skip
+    warm_env = {**warmup_env(url, tmp_path, config), **redis_env}
     procs.python("warmup", "services.warmup", env=warm_env)
     port = free_port()
     router = procs.python(

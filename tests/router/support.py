@@ -94,6 +94,19 @@ def write_config(path: Path, endpoints: Sequence[dict[str, Any]], **top: Any) ->
     return path
 
 
+def warmup_env(
+    redis_url: str, workdir: Path, config: Path, *, instance: str = "warmup-test", **extra: str
+) -> dict[str, str]:
+    """The warm-up worker's environment (its id file in `workdir`); `extra` adds or overrides settings."""
+    return {
+        "PIER_REDIS_URL": redis_url,
+        "PIER_CONFIG_FILE": str(config),
+        "PIER_INSTANCE_ID": instance,
+        "PIER_WARMUP_ID_FILE": str(workdir / "warmup.id"),
+        **extra,
+    }
+
+
 def health_env(redis_url: str, workdir: Path, config: Path) -> dict[str, str]:
     return {
         "PIER_REDIS_URL": redis_url,

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.benchmarks import instructions, report, wrk
+from tests.benchmarks import instructions, report, telemetry_floor, wrk
 from tests.benchmarks.layout import DMR_CHAT_PATH, JSON_BODY, python_module
 from tests.benchmarks.profile import hot_spots
 from tests.benchmarks.stream_client import analyse, run_streams
@@ -157,3 +157,11 @@ def test_instruction_counts_are_read_per_thread_from_callgrind_dumps(tmp_path: P
     text = instructions.table(counts)
     assert "| pier | 400 | 0 | 400 | 1.00x |" in text
     assert "| pier-otel | 500 | 300 | 800 | 0.50x |" in text
+
+
+def test_telemetry_floor_reads_the_recorded_totals_and_runs_every_step(tmp_path: Path) -> None:
+    counts = [instructions.Count("pier", 441.0, 0.0), instructions.Count("pier-otel", 638.0, 219.0)]
+    (tmp_path / "instructions.md").write_text("Instructions per request\n\n" + instructions.table(counts) + "\n")
+    assert telemetry_floor.recorded_totals(tmp_path / "instructions.md") == {"pier": 441.0, "pier-otel": 857.0}
+    # The work itself (the counts need valgrind: the script, not this test) reads the benchmark answer's usage.
+    assert [telemetry_floor.run_step(step, 3) for step in telemetry_floor.STEPS] == [(0, 0), (0, 0), (9, 7), (9, 7)]

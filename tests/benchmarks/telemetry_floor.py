@@ -18,7 +18,8 @@ The work, added step by step:
 Each step runs `--requests` times in a child process under `valgrind --tool=callgrind` (with a fixed hash
 seed), and once with no iterations; the difference over the count is the step's cost per request. The budget
 is read from the latest `results/instructions.md` (`pier`'s total, and the span share at 10 %: a tenth of
-`pier-otel` minus `pier-otel-0`). Written to `results/telemetry_floor.md`. valgrind is not a project dependency (`apt-get install valgrind`).
+`pier-otel` minus `pier-otel-0`). Written to `results/telemetry_floor.md`. valgrind is not a project
+dependency (`apt-get install valgrind`).
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ _REQUEST_PARAMS = (
 )
 _STATUS_VALUE = {"healthy": 1.0, "busy": 0.75, "degraded": 0.5, "unknown": 0.25}
 # Histogram buckets for GenAI durations (the semantic conventions' advice), in seconds.
-_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
-_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 
 
 class RouterTelemetry:
@@ -114,16 +114,16 @@ class RouterTelemetry:
             "gen_ai.client.operation.duration",
             "s",
             "GenAI operation duration (one upstream attempt).",
-            _DURATION_BUCKETS,
+            DURATION_BUCKETS,
         )
         self.token_usage = fast.histogram(
-            "gen_ai.client.token.usage", "{token}", "Number of input and output tokens used.", _TOKEN_BUCKETS
+            "gen_ai.client.token.usage", "{token}", "Number of input and output tokens used.", TOKEN_BUCKETS
         )
         self.ttfc = fast.histogram(
             "gen_ai.client.operation.time_to_first_chunk",
             "s",
             "Time to the first chunk of a streamed answer.",
-            _DURATION_BUCKETS,
+            DURATION_BUCKETS,
         )
         self.attempts = fast.counter(
             "pier.router.attempts", "{attempt}", "Upstream attempts by endpoint, route reason and outcome."

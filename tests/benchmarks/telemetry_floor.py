@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import re
 import subprocess
 import sys
@@ -35,14 +34,16 @@ from pathlib import Path
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from services.router.telemetry import DURATION_BUCKETS, TOKEN_BUCKETS
 from services.router.usage import _trailing_usage
 from shared.fastmetrics import FastCounter, FastHistogram
+from shared.leanspan import new_trace_id, unsampled_traceparent
+from shared.telemetry import HTTP_BUCKETS
 from tests.benchmarks.paced_upstream import CHAT_JSON
 from tests.harness import system_binary
 
 STEPS = ("none", "context", "usage", "metrics")
 RESULTS = Path(__file__).resolve().parent / "results"
-_BOUNDS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 _TOTAL = re.compile(r"Collected : (\d+)")
 
 
@@ -52,12 +53,13 @@ def run_step(step: str, requests: int) -> tuple[int, int]:
     depth = STEPS.index(step)
     headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
     answer = bytearray(CHAT_JSON)
-    bits, clock = random.getrandbits, time.perf_counter
+    clock = time.perf_counter
     bound, mask = int(0.1 * (1 << 64)), (1 << 64) - 1
     attrs = (("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "bench-json"), ("pier.endpoint", "e1"))
-    http = FastHistogram("http.server.request.duration", "s", "", _BOUNDS)
-    duration = FastHistogram("gen_ai.client.operation.duration", "s", "", _BOUNDS)
-    tokens = FastHistogram("gen_ai.client.token.usage", "{token}", "", (1, 4, 16, 64, 256, 1024, 4096))
+    # The router's own instruments' buckets, trace ids and unsampled `traceparent` (shared.leanspan).
+    http = FastHistogram("http.server.request.duration", "s", "", HTTP_BUCKETS)
+    duration = FastHistogram("gen_ai.client.operation.duration", "s", "", DURATION_BUCKETS)
+    tokens = FastHistogram("gen_ai.client.token.usage", "{token}", "", TOKEN_BUCKETS)
     attempts = FastCounter("pier.router.attempts", "{attempt}", "")
     prompt = completion = 0
     for _ in range(requests):
@@ -65,11 +67,11 @@ def run_step(step: str, requests: int) -> tuple[int, int]:
             continue
         started = clock()
         headers.get("traceparent")
-        trace_id = bits(128)
+        trace_id = new_trace_id()
         if trace_id & mask < bound:
             pass  # sampled: the span's cost is counted apart (results/instructions.md)
         upstream: CIMultiDict[str] = CIMultiDict()
-        upstream["traceparent"] = f"00-{trace_id:032x}-{bits(64):016x}-00"
+        upstream["traceparent"] = unsampled_traceparent(trace_id)
         if depth < 2:
             continue
         usage = _trailing_usage(answer) or {}
